@@ -1,0 +1,37 @@
+"""``jsonl``: one JSON object per logged step in ``output_dir/metrics.jsonl``; always on."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from dualenc import hookimpl
+
+
+class JsonlTracker:
+    def __init__(self, options=None):
+        self._file = None
+
+    def start(self, run_dir: Path, config: dict) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # append: a resumed run continues the same file
+        self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step}
+        for key, value in metrics.items():
+            value = float(value)
+            row[key] = value if math.isfinite(value) else str(value)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def finish(self, status: str) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@hookimpl
+def register_trackers(register):
+    register("jsonl", JsonlTracker, description="metrics.jsonl in the output dir (always on).")

@@ -1,0 +1,147 @@
+"""The catalog: every installed component, with the distribution that provides it.
+
+Built-in components come through the same ``dualenc`` entry-point group as third-party
+ones. A plugin that fails to import is recorded as broken (with the error's last line)
+instead of breaking dualenc; only selecting one of its components fails.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+from typing import Any
+
+import attrs
+import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from dualenc.errors import DualencError
+from dualenc.registry import hookspecs
+from dualenc.registry.kinds import KINDS, Component
+
+GROUP = hookspecs.PROJECT
+
+
+@attrs.frozen
+class PluginProblem:
+    """An entry point that could not be used: it failed to import, or wants another API."""
+
+    entry_point: str
+    distribution: str
+    version: str
+    error: str
+
+
+@attrs.frozen
+class Catalog:
+    components: tuple[Component, ...]
+    problems: tuple[PluginProblem, ...] = ()
+
+    def of_kind(self, kind: str) -> list[Component]:
+        return sorted((c for c in self.components if c.kind == kind), key=lambda c: c.name)
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component ``name`` of ``kind``, or an error listing what is available."""
+        if kind not in KINDS:
+            raise DualencError(
+                f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}" + _suggest(kind, KINDS)
+            )
+        matches = [c for c in self.components if c.kind == kind and c.name == name]
+        if len(matches) > 1:
+            owners = " and ".join(f"{c.distribution} {c.version}" for c in matches)
+            raise DualencError(
+                f"{kind} {name!r} is registered by more than one package: {owners}; uninstall one of them"
+            )
+        if matches:
+            return matches[0]
+        available = self.of_kind(kind)
+        listing = ", ".join(f"{c.name} ({c.distribution})" for c in available) or "none"
+        message = f"unknown {kind} {name!r}; available: {listing}" + _suggest(
+            name, [c.name for c in available]
+        )
+        for problem in self.problems:
+            message += (
+                f"\nnote: plugin {problem.entry_point} from {problem.distribution} "
+                f"{problem.version} could not be loaded: {problem.error}"
+            )
+        raise DualencError(message)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _supports_api(plugin: Any) -> str | None:
+    """None when the plugin accepts our API version, else why not."""
+    declare = getattr(plugin, "dualenc_api_version", None)
+    if declare is None:
+        return None
+    spec = declare()
+    try:
+        accepted = Version(hookspecs.API_VERSION) in SpecifierSet(spec)
+    except InvalidSpecifier:
+        return f"declares an invalid API version range {spec!r}"
+    if accepted:
+        return None
+    return f"supports dualenc plugin API {spec}, but this dualenc provides {hookspecs.API_VERSION}"
+
+
+def _load_plugins(group: str):
+    """A plugin manager holding every usable entry point of ``group``, and the problems."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    problems: list[PluginProblem] = []
+    provenance: dict[str, tuple[str, str]] = {}
+    for entry_point in sorted(md.entry_points(group=group), key=lambda ep: ep.name):
+        dist = entry_point.dist
+        dist_name = dist.name if dist else "unknown"
+        dist_version = dist.version if dist else "unknown"
+        label = f"{dist_name}:{entry_point.name}"
+        if manager.has_plugin(label):
+            continue  # the same distribution seen twice on sys.path
+        try:
+            plugin = entry_point.load()
+            refusal = _supports_api(plugin)
+            if refusal is None:
+                manager.register(plugin, name=label)
+        except Exception as exc:  # noqa: BLE001 - an import failure is reported, not raised
+            lines = str(exc).strip().splitlines()
+            refusal = f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+        if refusal is not None:
+            problems.append(PluginProblem(entry_point.name, dist_name, dist_version, refusal))
+            continue
+        provenance[label] = (dist_name, dist_version)
+    return manager, provenance, problems
+
+
+def load_catalog(group: str = GROUP) -> Catalog:
+    """Discover every entry point in ``group`` and collect the components each registers."""
+    manager, provenance, problems = _load_plugins(group)
+    components: list[Component] = []
+    for kind, (hook_name, _) in KINDS.items():
+        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+            dist_name, dist_version = provenance[impl.plugin_name]
+            impl.function(register=_registrar(components, kind, dist_name, dist_version))
+    return Catalog(tuple(components), tuple(problems))
+
+
+def _registrar(components: list[Component], kind: str, dist: str, version: str):
+    """The ``register`` callback handed to one plugin's hook for one kind."""
+
+    def register(name, factory, *, options=None, description=None):
+        if not isinstance(name, str) or not name.strip():
+            raise DualencError(f"{dist} registered a {kind} with an invalid name {name!r}")
+        if options is not None and not attrs.has(options):
+            raise DualencError(f"{dist}: {kind} {name!r}: options must be an attrs class")
+        lines = (description or "").strip().splitlines()
+        components.append(Component(kind, name, factory, options, lines[0] if lines else "", dist, version))
+
+    return register
+
+
+def register_commands(cli, group: str = GROUP) -> None:
+    """Let every usable plugin add its subcommands to the CLI."""
+    manager, _, _ = _load_plugins(group)
+    manager.hook.register_commands(cli=cli)

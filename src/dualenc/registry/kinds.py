@@ -1,0 +1,171 @@
+"""The five component kinds: one Protocol each, and the records that pass between them.
+
+The core loop talks to components only through these protocols. A plugin implements them
+structurally; it need not import or subclass anything from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import numpy as np
+import torch
+
+SIDES = ("query", "code")
+
+
+@attrs.frozen
+class Component:
+    """One registered component and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[[Any], Any]
+    options: type | None
+    description: str
+    distribution: str
+    version: str
+
+    def create(self, options: Any = None) -> Any:
+        return self.factory(options)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Maps token ids to L2-normalised vectors; a ``torch.nn.Module``.
+
+    ``side`` is ``"query"`` or ``"code"``: encoders with one shared tower ignore it.
+    """
+
+    dim: int
+    max_seq_len: int
+    pad_id: int
+
+    def prepare(self, texts: Iterable[str]) -> None:
+        """Called once before training on a fresh model with the training texts.
+
+        Encoders that learn their vocabulary (a BPE tokenizer) do it here; others do nothing.
+        """
+
+    def tokenizer_fingerprint(self) -> str:
+        """A stable hash of the tokenizer; token caches are keyed by it."""
+
+    def tokenize(self, texts: Sequence[str], side: str) -> list[np.ndarray]:
+        """Token ids (int32, special tokens included) truncated to ``max_seq_len``."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str) -> torch.Tensor:
+        """[B, L] ids and 0/1 mask -> [B, dim] unit vectors."""
+
+    def save(self, directory: Path) -> None:
+        """Write weights (model.safetensors) and tokenizer (tokenizer.json) to directory."""
+
+    def load(self, directory: Path) -> None:
+        """Load what ``save`` wrote into this already-built encoder."""
+
+
+@attrs.frozen
+class ContrastiveBatch:
+    """Everything a contrastive loss needs for one step.
+
+    ``candidates`` holds the positives' code embeddings first (row ``positive[i]`` belongs
+    to query i), then any mined negatives. Every candidate is the code of some training
+    pair; its keys identify that pair's normalised code and query, so a loss can mask false
+    negatives: a candidate whose code key equals query i's positive code key (a clone), or
+    whose query key equals query i's (another positive of the same query).
+    """
+
+    query: torch.Tensor  # [B, D]
+    candidates: torch.Tensor  # [C, D], C >= B
+    positive: torch.Tensor  # [B] long, index into candidates
+    candidate_code_key: torch.Tensor  # [C] int64
+    candidate_query_key: torch.Tensor  # [C] int64
+
+    def false_negative_mask(self) -> torch.Tensor:
+        """[B, C] bool: True where a candidate must not count as a negative for a query."""
+        pos_code = self.candidate_code_key[self.positive]
+        pos_query = self.candidate_query_key[self.positive]
+        same = (self.candidate_code_key[None, :] == pos_code[:, None]) | (
+            self.candidate_query_key[None, :] == pos_query[:, None]
+        )
+        is_positive = torch.zeros_like(same)
+        is_positive[torch.arange(len(self.positive)), self.positive] = True
+        return same & ~is_positive
+
+
+class Loss(Protocol):
+    """A scalar objective over a ``ContrastiveBatch``.
+
+    If the loss is a ``torch.nn.Module`` with parameters (a learnable temperature), the
+    loop optimises them with the encoder's.
+    """
+
+    def __call__(self, batch: ContrastiveBatch) -> torch.Tensor: ...
+
+
+class Miner(Protocol):
+    """A source of extra negatives per training pair, refreshed on its own schedule."""
+
+    num_negatives: int
+
+    def due(self, step: int) -> bool:
+        """True when ``mine`` must run before training step ``step``."""
+
+    def mine(self, encoder: Encoder, corpus: Any, step: int, run_dir: Path) -> dict[str, float]:
+        """Recompute negatives for every pair of ``corpus`` (a ``dualenc.core.data.PairSet``).
+
+        Returns metrics to log (``mining/seconds``, ...).
+        """
+
+    def negatives(self, pair_ids: np.ndarray) -> np.ndarray:
+        """[B] pair ids -> [B, num_negatives] pair ids of negatives; -1 where none."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Numpy arrays and JSON-able values that make ``negatives`` reproducible on resume."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@attrs.frozen
+class EvalSet:
+    """Queries ranked against a candidate pool.
+
+    ``relevant[i]`` maps pool indices to graded relevance (> 0) for query i.
+    """
+
+    name: str
+    queries: list[str]
+    pool: list[str]
+    relevant: list[dict[int, float]]
+
+
+class Evaluator(Protocol):
+    """Scores an encoder on an ``EvalSet``."""
+
+    primary_metric: str  # the key (without prefix) the best checkpoint is chosen by: "mrr"
+
+    def evaluate(self, encoder: Encoder, eval_set: EvalSet, prefix: str = "val") -> dict[str, float]:
+        """Metrics named ``f"{prefix}/{metric}"``, e.g. ``val/mrr``, ``val/ndcg@10``."""
+
+
+class Tracker(Protocol):
+    """Receives the resolved config once and metrics at every logged step."""
+
+    def start(self, run_dir: Path, config: dict[str, Any]) -> None: ...
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def finish(self, status: str) -> None:
+        """``status`` is ``"finished"``, ``"interrupted"`` or ``"failed"``."""
+
+
+# kind -> (hook name, protocol)
+KINDS: dict[str, tuple[str, type]] = {
+    "encoder": ("register_encoders", Encoder),
+    "loss": ("register_losses", Loss),
+    "miner": ("register_miners", Miner),
+    "evaluator": ("register_evaluators", Evaluator),
+    "tracker": ("register_trackers", Tracker),
+}

@@ -76,7 +76,7 @@ CONVERTER = make_converter()
 
 
 @attrs.define
-class _Problems:
+class Problems:
     """Collects problems and formats each with its source (file and line, or the flag)."""
 
     source: str
@@ -169,7 +169,7 @@ def _translate_seed(data: dict, lines: dict[tuple, int]) -> dict:
     return data
 
 
-def _apply_sets(data: dict, sets: list[str], problems: _Problems) -> None:
+def _apply_sets(data: dict, sets: list[str], problems: Problems) -> None:
     for item in sets:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -192,7 +192,7 @@ def _apply_sets(data: dict, sets: list[str], problems: _Problems) -> None:
             problems.origins[path] = f"{SET_SOURCE} {key}"
 
 
-def _apply_plugins(data: dict, plugins: list[str], problems: _Problems) -> None:
+def _apply_plugins(data: dict, plugins: list[str], problems: Problems) -> None:
     selection = data.setdefault("plugins", {})
     if not isinstance(selection, dict):
         return  # reported when structuring
@@ -214,7 +214,7 @@ def _apply_plugins(data: dict, plugins: list[str], problems: _Problems) -> None:
         problems.origins[("plugins", kind)] = f"{PLUGIN_SOURCE} {kind}"
 
 
-def _walk_errors(exc: BaseException, path: tuple, problems: _Problems):
+def _walk_errors(exc: BaseException, path: tuple, problems: Problems):
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
@@ -239,7 +239,7 @@ def _walk_errors(exc: BaseException, path: tuple, problems: _Problems):
         problems.add(path, message)
 
 
-def structure(data: Any, cls: type, path: tuple, problems: _Problems) -> Any:
+def structure(data: Any, cls: type, path: tuple, problems: Problems) -> Any:
     """Structure ``data`` into the attrs class ``cls`` field by field.
 
     Every problem is recorded; a field that fails keeps its default so that the remaining
@@ -281,7 +281,7 @@ def structure(data: Any, cls: type, path: tuple, problems: _Problems) -> Any:
     return obj
 
 
-def _resolve_components(config: RunConfig, catalog: Catalog, problems: _Problems) -> RunConfig:
+def _resolve_components(config: RunConfig, catalog: Catalog, problems: Problems) -> RunConfig:
     """Structure each selected component's block into its plugin's options class."""
     changes: dict[str, Any] = {}
     for kind in SINGLE_KINDS:
@@ -305,7 +305,7 @@ def _resolve_components(config: RunConfig, catalog: Catalog, problems: _Problems
     return attrs.evolve(config, **changes)
 
 
-def _structure_options(component, block: Any, path: tuple, problems: _Problems) -> Any:
+def _structure_options(component, block: Any, path: tuple, problems: Problems) -> Any:
     if component.options is None:
         if block:
             problems.add(path, f"{component.kind} {component.name!r} takes no options")
@@ -331,7 +331,7 @@ def load_config(
     if path is not None:
         data, lines = read_yaml(path)
     data = _translate_seed(dict(data or {}), lines)
-    problems = _Problems(source, lines, {})
+    problems = Problems(source, lines, {})
     _apply_sets(data, list(sets), problems)
     _apply_plugins(data, list(plugins), problems)
     config = structure(data, RunConfig, (), problems) or RunConfig()

@@ -1,0 +1,1 @@
+"""Click commands of the dualenc CLI, one module per area; cli.py adds them to the group."""

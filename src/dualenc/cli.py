@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
 from dualenc import __version__
+from dualenc.cli_options import config_option, plugin_option, set_option
+from dualenc.commands.train import train
 from dualenc.errors import DualencError
 
 
@@ -25,28 +26,6 @@ class _Group(click.Group):
         except DualencError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
-
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML run config.",
-)
-plugin_option = click.option(
-    "--plugin",
-    "plugins",
-    multiple=True,
-    metavar="KIND=NAME",
-    help="Select a component, overriding the config (repeatable): --plugin miner=faiss.",
-)
-set_option = click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config value by dotted key (repeatable): --set train.max_steps=200.",
-)
 
 
 def _load(config_path, plugins, sets):
@@ -140,6 +119,9 @@ def config_validate(config_path, plugins, sets):
     """Check a config; exit 0 when valid, 2 with every problem listed otherwise."""
     _load(config_path, plugins, sets)
     click.echo(f"{config_path or 'defaults'}: ok")
+
+
+cli.add_command(train)
 
 
 def main() -> None:

@@ -83,19 +83,31 @@ class Problems:
     lines: dict[tuple, int]
     origins: dict[tuple, str]
     items: list[str] = attrs.field(factory=list)
+    _lines: list[int] = attrs.field(factory=list, init=False)
 
     def add(self, path: tuple, message: str) -> None:
         dotted = ".".join(str(p) for p in path) or "(top level)"
-        where = self.source
+        where, line = self.source, 0
         for depth in range(len(path), -1, -1):
             prefix = tuple(path[:depth])
             if prefix in self.origins:
                 where = self.origins[prefix]
                 break
             if prefix in self.lines:
-                where = f"{self.source}:{self.lines[prefix]}"
+                line = self.lines[prefix]
+                where = f"{self.source}:{line}"
                 break
-        self.items.append(f"{where}: {dotted}: {message}")
+        # keep file order: insert after every problem on an earlier or the same line
+        position = len(self.items)
+        while position > 0 and self._lines[position - 1] > line:
+            position -= 1
+        self.items.insert(position, f"{where}: {dotted}: {message}")
+        self._lines.insert(position, line)
+
+    def note(self, message: str) -> None:
+        """A problem that belongs to no key (a malformed flag)."""
+        self.items.insert(0, message)
+        self._lines.insert(0, 0)
 
 
 def _line_map(node, path=()) -> dict[tuple, int]:
@@ -173,7 +185,7 @@ def _apply_sets(data: dict, sets: list[str], problems: Problems) -> None:
     for item in sets:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            problems.items.append(f"{SET_SOURCE} {item!r}: expected dotted.key=value")
+            problems.note(f"{SET_SOURCE} {item!r}: expected dotted.key=value")
             continue
         path = tuple(key.strip().split("."))
         target = data
@@ -183,7 +195,7 @@ def _apply_sets(data: dict, sets: list[str], problems: Problems) -> None:
                 child = {} if child is None else child
                 target[part] = child
             if not isinstance(child, dict):
-                problems.items.append(f"{SET_SOURCE} {key}: {part} is not a section")
+                problems.note(f"{SET_SOURCE} {key}: {part} is not a section")
                 break
             target = child
         else:
@@ -201,12 +213,12 @@ def _apply_plugins(data: dict, plugins: list[str], problems: Problems) -> None:
         kind, sep, name = item.partition("=")
         kind, name = kind.strip(), name.strip()
         if not sep or not name:
-            problems.items.append(f"{PLUGIN_SOURCE} {item!r}: expected kind=name")
+            problems.note(f"{PLUGIN_SOURCE} {item!r}: expected kind=name")
             continue
         if kind not in choices:
             close = difflib.get_close_matches(kind, choices, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.items.append(
+            problems.note(
                 f"{PLUGIN_SOURCE} {item}: unknown kind {kind!r}; kinds are: {', '.join(choices)}{hint}"
             )
             continue

@@ -19,9 +19,7 @@ def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tenso
     return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
-def iter_length_sorted_batches(
-    token_ids: Sequence[np.ndarray], batch_size: int
-) -> Iterator[np.ndarray]:
+def iter_length_sorted_batches(token_ids: Sequence[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
     """Index batches in order of decreasing length, so each batch pads very little."""
     order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
     for start in range(0, len(order), batch_size):

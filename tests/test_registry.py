@@ -6,12 +6,12 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from plugin_dist import write_distribution
 
 from dualenc.cli import cli
 from dualenc.core.configio import load_config
 from dualenc.errors import DualencError
 from dualenc.registry import load_catalog
-from plugin_dist import write_distribution
 
 THROWAWAY = """
 import attrs

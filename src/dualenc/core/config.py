@@ -103,6 +103,10 @@ class TrainConfig:
     grad_cache_chunk: int | None = attrs.field(default=None, validator=at_least(1))
     # evaluate once before the first step, so every run logs its starting point
     eval_at_start: bool = True
+    # under torchrun: score each query against the embeddings of every rank (more negatives)
+    gather_across_ranks: bool = True
+    # a collective that waits longer than this (a rank died) fails the run
+    dist_timeout_s: int = attrs.field(default=300, validator=at_least(1))
 
 
 @attrs.frozen

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from dualenc.core import distributed
+
 
 def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest sequence of this batch only: [B, L] ids and 0/1 attention mask."""
@@ -30,11 +32,28 @@ def encoder_device(encoder) -> torch.device:
     return next(encoder.parameters()).device
 
 
-@torch.no_grad()
 def encode_token_ids(
     encoder, token_ids: Sequence[np.ndarray], side: str, batch_size: int = 128
 ) -> np.ndarray:
-    """[N, dim] float32 unit vectors for already-tokenized texts, in input order."""
+    """[N, dim] float32 unit vectors for already-tokenized texts, in input order.
+
+    Under torchrun every rank encodes a 1/world share and all receive the whole result,
+    so evaluation and mining cost 1/world each; every rank must call this together.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return _encode_local(encoder, token_ids, side, batch_size)
+    shares = [np.arange(len(token_ids))[r::world] for r in range(world)]
+    mine = shares[distributed.rank()]
+    local = _encode_local(encoder, [token_ids[i] for i in mine], side, batch_size)
+    gathered = distributed.gather_rows(local, encoder_device(encoder))
+    out = np.empty_like(gathered)
+    out[np.concatenate(shares)] = gathered
+    return out
+
+
+@torch.no_grad()
+def _encode_local(encoder, token_ids: Sequence[np.ndarray], side: str, batch_size: int) -> np.ndarray:
     out = np.empty((len(token_ids), encoder.dim), dtype=np.float32)
     if not len(token_ids):
         return out

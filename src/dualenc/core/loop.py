@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 import torch
 
-from dualenc.core import checkpoint, data
+from dualenc.core import checkpoint, data, distributed
 from dualenc.core.build import build
 from dualenc.core.config import RunConfig
 from dualenc.core.configio import dump_yaml, unstructure
@@ -45,12 +45,6 @@ class TrainResult:
 
 
 # --- small helpers, each used once below ----------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cpu_has_bf16() -> bool:
@@ -138,7 +132,7 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-def encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, autocast):
+def encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, autocast, gather):
     """Encode one step's queries, positives and mined negatives into a ContrastiveBatch."""
     candidate_ids = np.concatenate([pair_ids, negative_ids[negative_ids >= 0]])
     with autocast():
@@ -147,20 +141,39 @@ def encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, aut
         parts = [positives]
         if len(candidate_ids) > len(pair_ids):  # negatives padded to their own longest
             parts.append(encoder(*pairs.collate(candidate_ids[len(pair_ids) :], "code", device), "code"))
-    return _contrastive(query, torch.cat(parts), pairs, candidate_ids, device)
+    return _contrastive(query, torch.cat(parts), pairs, candidate_ids, device, gather)
 
 
-def _contrastive(query, candidates, pairs, candidate_ids, device) -> ContrastiveBatch:
+def _contrastive(query, candidates, pairs, candidate_ids, device, gather: bool) -> ContrastiveBatch:
+    """Assemble the batch; with ``gather``, over every rank's queries and candidates.
+
+    Gathered layout: all ranks' positives in rank order, then all ranks' mined negatives,
+    so the positive of global query j is candidate j.
+    """
+    code_key = torch.from_numpy(pairs.code_key[candidate_ids]).to(device)
+    query_key = torch.from_numpy(pairs.query_key[candidate_ids]).to(device)
+    n = len(query)
+    if gather:
+        query = distributed.gather_with_grad(query)
+        candidates = torch.cat(
+            [distributed.gather_with_grad(candidates[:n]), distributed.gather_with_grad(candidates[n:])]
+        )
+        code_key = torch.cat(
+            [distributed.gather_with_grad(code_key[:n]), distributed.gather_with_grad(code_key[n:])]
+        )
+        query_key = torch.cat(
+            [distributed.gather_with_grad(query_key[:n]), distributed.gather_with_grad(query_key[n:])]
+        )
     return ContrastiveBatch(
         query=query,
         candidates=candidates,
         positive=torch.arange(len(query), device=device),
-        candidate_code_key=torch.from_numpy(pairs.code_key[candidate_ids]).to(device),
-        candidate_query_key=torch.from_numpy(pairs.query_key[candidate_ids]).to(device),
+        candidate_code_key=code_key,
+        candidate_query_key=query_key,
     )
 
 
-def grad_cache_step(encoder, loss_fn, pairs, pair_ids, negative_ids, device, autocast, chunk):
+def grad_cache_step(encoder, loss_fn, pairs, pair_ids, negative_ids, device, autocast, chunk, gather):
     """GradCache: the loss over the whole batch with the activation memory of one chunk.
 
     1. encode every chunk without grad; 2. loss and its gradient w.r.t. the embeddings;
@@ -179,7 +192,12 @@ def grad_cache_step(encoder, loss_fn, pairs, pair_ids, negative_ids, device, aut
     cached = [e.detach().requires_grad_() for e in embeddings]
     n_query_chunks = math.ceil(len(pair_ids) / chunk)
     batch = _contrastive(
-        torch.cat(cached[:n_query_chunks]), torch.cat(cached[n_query_chunks:]), pairs, candidate_ids, device
+        torch.cat(cached[:n_query_chunks]),
+        torch.cat(cached[n_query_chunks:]),
+        pairs,
+        candidate_ids,
+        device,
+        gather,
     )
     loss = loss_fn(batch)
     loss.backward()
@@ -206,10 +224,39 @@ def train(
     catalog = catalog or load_catalog()
     tc = config.train
     run_dir = Path(config.output_dir)
-    device = pick_device(tc.device)
+    if resume_from is None and (run_dir / checkpoint.LAST_NAME).exists():
+        raise DualencError(
+            f"{run_dir} already holds a run; resume it with --resume-from {run_dir / checkpoint.LAST_NAME}, "
+            "or choose another output_dir (--set output_dir=...)"
+        )
+    device = distributed.setup(tc.device, tc.dist_timeout_s)
+    world, main = distributed.world_size(), distributed.is_main()
+    gather = world > 1 and tc.gather_across_ranks
     precision = pick_precision(tc.precision, device)
     config_yaml = dump_yaml(config)
     torch.manual_seed(tc.seed)
+    try:
+        return _train(
+            config,
+            catalog,
+            resume_from,
+            stop_after,
+            run_dir,
+            device,
+            world,
+            main,
+            gather,
+            precision,
+            config_yaml,
+        )
+    finally:
+        distributed.teardown()
+
+
+def _train(
+    config, catalog, resume_from, stop_after, run_dir, device, world, main, gather, precision, config_yaml
+) -> TrainResult:
+    tc = config.train
 
     # 1. components; a checkpoint supplies the encoder (architecture, weights, tokenizer)
     exact = False
@@ -248,7 +295,12 @@ def train(
     pairs = data.load_pair_set(config.data.train_file, config.data, encoder)
     val_set = data.load_eval_set(config.data.val_file, config.data)
     sampler = data.BucketBatchSampler(
-        pairs, batch_size=tc.batch_size, seed=tc.seed, window=config.data.bucket_window
+        pairs,
+        batch_size=tc.batch_size,
+        seed=tc.seed,
+        window=config.data.bucket_window,
+        num_replicas=world,
+        rank=distributed.rank(),
     )
 
     # 3. optimiser and schedule
@@ -273,7 +325,9 @@ def train(
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def save(periodic: bool, is_best: bool) -> Path:
+    def save(periodic: bool, is_best: bool) -> None:
+        if not main:
+            return
         state = checkpoint.TrainerState(
             step=step,
             optimizer=optimizer.state_dict(),
@@ -284,7 +338,7 @@ def train(
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         )
-        return checkpoint.save_checkpoint(
+        checkpoint.save_checkpoint(
             run_dir,
             encoder=encoder,
             plugin=config.plugins.encoder,
@@ -298,12 +352,13 @@ def train(
         )
 
     primary = f"val/{evaluator.primary_metric}"
+    trackers = parts.trackers if main else []  # only rank 0 writes
 
     def evaluate() -> bool:
-        """Evaluate, log, and say whether this is the best model so far."""
+        """Evaluate (every rank encodes a share), log, and say whether this is the best so far."""
         nonlocal best
         metrics = evaluator.evaluate(encoder, val_set, prefix="val")
-        for tracker in parts.trackers:
+        for tracker in trackers:
             tracker.log(metrics, step)
         improved = best is None or metrics[primary] > best
         if improved:
@@ -311,16 +366,21 @@ def train(
         return improved
 
     # 4. the loop
-    for tracker in parts.trackers:
+    for tracker in trackers:
         tracker.start(run_dir, unstructure(config))
-    log.info(
-        "batch %d pairs: %d in-batch negatives + %d mined per query; precision %s on %s",
-        tc.batch_size,
-        tc.batch_size - 1,
-        miner.num_negatives,
-        precision,
-        device,
-    )
+    if main:
+        global_batch = tc.batch_size * world
+        log.info(
+            "%d process(es) x batch %d = effective batch %d; each query sees %d in-batch negatives "
+            "+ up to %d mined candidates; precision %s on %s",
+            world,
+            tc.batch_size,
+            global_batch,
+            (global_batch if gather else tc.batch_size) - 1,
+            miner.num_negatives * (global_batch if gather else tc.batch_size),
+            precision,
+            device,
+        )
     status = "finished"
     last = run_dir / checkpoint.LAST_NAME
     batches = iter(sampler)
@@ -340,7 +400,7 @@ def train(
                     mining_seconds += time.perf_counter() - mine_start
                     total = time.perf_counter() - started
                     mined["mining/overhead_pct"] = 100 * mining_seconds / max(total, 1e-9)
-                    for tracker in parts.trackers:
+                    for tracker in trackers:
                         tracker.log(mined, step)
                     window_start += time.perf_counter() - mine_start
 
@@ -348,13 +408,31 @@ def train(
                 negative_ids = miner.negatives(pair_ids)
                 if tc.grad_cache_chunk:
                     loss = grad_cache_step(
-                        encoder, loss_fn, pairs, pair_ids, negative_ids, device, autocast, tc.grad_cache_chunk
+                        encoder,
+                        loss_fn,
+                        pairs,
+                        pair_ids,
+                        negative_ids,
+                        device,
+                        autocast,
+                        tc.grad_cache_chunk,
+                        gather,
                     )
                 else:
-                    batch = encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, autocast)
+                    batch = encode_contrastive_batch(
+                        encoder, pairs, pair_ids, negative_ids, device, autocast, gather
+                    )
                     loss = loss_fn(batch)
                     loss.backward()
-                loss_value = float(loss)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                # gathered: every rank holds the global loss, and its gradient is the sum over
+                # ranks of what flowed into each rank's own embeddings; otherwise average
+                distributed.sum_gradients(params)
+                if world > 1 and not gather:
+                    for param in params:
+                        if param.grad is not None:
+                            param.grad /= world
+                loss_value = float(loss) if gather else distributed.mean_over_ranks(float(loss), device)
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"loss is {loss_value} at step {step + 1}; stopped without saving. "
@@ -362,9 +440,7 @@ def train(
                         + ("" if last.exists() else " (none was written yet)")
                     )
                 if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], tc.grad_clip
-                    )
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -372,7 +448,7 @@ def train(
 
                 window_loss += loss_value
                 window_steps += 1
-                window_pairs += len(pair_ids)
+                window_pairs += len(pair_ids) * world
                 if step % tc.log_interval == 0 or step == tc.max_steps:
                     elapsed = time.perf_counter() - window_start
                     metrics = {
@@ -383,7 +459,7 @@ def train(
                     }
                     if hasattr(loss_fn, "temperature"):
                         metrics["train/temperature"] = float(loss_fn.temperature)
-                    for tracker in parts.trackers:
+                    for tracker in trackers:
                         tracker.log(metrics, step)
                     window_loss, window_steps, window_pairs = 0.0, 0, 0
                     window_start = time.perf_counter()
@@ -394,7 +470,7 @@ def train(
                     is_best = evaluate()
                     encoder.train()
                     window_start += time.perf_counter() - eval_start
-                stopping = stop.signal_name is not None or step == stop_after
+                stopping = distributed.any_rank(stop.signal_name is not None, device) or step == stop_after
                 if is_best or stopping or step % tc.save_interval == 0 or step == tc.max_steps:
                     save_start = time.perf_counter()
                     save(periodic=step % tc.save_interval == 0, is_best=is_best)
@@ -409,9 +485,10 @@ def train(
                     )
                     break
     except BaseException:
-        for tracker in parts.trackers:
+        for tracker in trackers:
             tracker.finish("failed")
         raise
-    for tracker in parts.trackers:
+    for tracker in trackers:
         tracker.finish(status)
+    distributed.barrier()
     return TrainResult(step=step, status=status, best_metric=best, last_checkpoint=last)

@@ -13,6 +13,7 @@ import click
 
 from dualenc import __version__
 from dualenc.cli_options import config_option, plugin_option, set_option
+from dualenc.commands.data import data
 from dualenc.commands.train import train
 from dualenc.errors import DualencError
 
@@ -121,6 +122,7 @@ def config_validate(config_path, plugins, sets):
     click.echo(f"{config_path or 'defaults'}: ok")
 
 
+cli.add_command(data)
 cli.add_command(train)
 
 

@@ -1,0 +1,418 @@
+"""Reading pairs, dedup keys, the token cache, the batch sampler and evaluation sets."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dualenc.core.config import DataConfig
+from dualenc.core.data import (
+    BucketBatchSampler,
+    PairSet,
+    RaggedIds,
+    eval_set_from_pairs,
+    load_eval_set,
+    load_pair_set,
+    normalised_code_key,
+    padding_fraction,
+    query_key,
+    read_pairs,
+    read_training_texts,
+    stable_int64,
+)
+from dualenc.errors import DualencError
+
+
+class WordEncoder:
+    """A real, tiny tokenizer: one id per whitespace-separated word. Counts its calls."""
+
+    pad_id = 0
+
+    def __init__(self, max_seq_len: int = 16, fingerprint: str = "words-v1"):
+        self.max_seq_len = max_seq_len
+        self.fingerprint = fingerprint
+        self.texts_tokenized = 0
+
+    def tokenizer_fingerprint(self) -> str:
+        return self.fingerprint
+
+    def tokenize(self, texts, side):
+        self.texts_tokenized += len(texts)
+        return [
+            np.array(
+                [1] + [2 + stable_int64(word) % 997 for word in text.split()][: self.max_seq_len - 1],
+                np.int32,
+            )
+            for text in texts
+        ]
+
+
+def write_lines(path: Path, lines: list[str | bytes]) -> Path:
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
+    return path
+
+
+def pair_line(query: str, code: str, **extra) -> str:
+    return json.dumps({"query": query, "code": code, **extra})
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def test_reads_pairs_metadata_blank_lines_and_a_bom(tmp_path: Path):
+    path = write_lines(
+        tmp_path / "train.jsonl",
+        [
+            "\ufeff" + pair_line("add two numbers", "def add(a, b): return a + b", path="m.py", line=3),
+            "",
+            "  ",
+            '{"query": "negate", "code": "def neg(a): return -a", "other": [1]}',
+        ],
+    )
+    records = read_pairs(path)
+    assert records.queries == ["add two numbers", "negate"]
+    assert records.codes[1] == "def neg(a): return -a"
+    assert records.metadata == [{"path": "m.py", "line": 3}, {}]
+    assert records.skipped == {}
+
+
+def test_training_texts_are_all_queries_then_all_codes(tmp_path: Path):
+    path = write_lines(tmp_path / "t.jsonl", [pair_line("q one", "c1"), pair_line("q two", "c2")])
+    assert read_training_texts(path, DataConfig()) == ["q one", "q two", "c1", "c2"]
+
+
+def test_reads_codesearchnet_fields_from_gzip(tmp_path: Path):
+    path = tmp_path / "python_train_0.jsonl.gz"
+    with gzip.open(path, "wt") as out:
+        for i in range(3):
+            out.write(
+                json.dumps({"docstring": f"doc {i}", "code": f"x = {i}", "repo": "r/r", "url": "u"}) + "\n"
+            )
+    config = DataConfig(query_field="docstring", cache_dir=str(tmp_path / "cache"))
+    pairs = load_pair_set(path, config, WordEncoder())
+    assert pairs.queries == ["doc 0", "doc 1", "doc 2"] and pairs.codes[2] == "x = 2"
+    assert pairs.metadata[0] == {"repo": "r/r", "url": "u"}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"query": "q", "code": ', "bad.jsonl:2: bad JSON: Expecting value (column 24)"),
+        ('["q", "c"]', "bad.jsonl:2: expected a JSON object, got an array"),
+        ('{"code": "x = 1"}', "bad.jsonl:2: missing field 'query' (fields present: code)"),
+        ('{"query": "q", "code": 7}', "bad.jsonl:2: field 'code' is a number, not a string"),
+        ('{"query": "q", "code": null}', "bad.jsonl:2: field 'code' is null, not a string"),
+        ('{"query": "  ", "code": "x = 1"}', "bad.jsonl:2: field 'query' is empty"),
+        (
+            '{"query": "\\ud800 q", "code": "x"}',
+            "bad.jsonl:2: field 'query' holds an unpaired surrogate escape",
+        ),
+        (b'{"query": "caf\xe9", "code": "x"}', "bad.jsonl:2: not valid UTF-8 (byte 0xe9 at column 15)"),
+    ],
+)
+def test_a_bad_line_stops_with_its_location(tmp_path: Path, line, message):
+    path = write_lines(tmp_path / "bad.jsonl", [pair_line("fine query", "x = 1"), line])
+    with pytest.raises(DualencError) as error:
+        read_pairs(path)
+    assert str(error.value).startswith(f"{tmp_path}/{message}")
+    assert "on_bad_record=skip" in str(error.value)
+
+
+def test_skip_drops_bad_lines_and_reports_counts(tmp_path: Path, caplog):
+    path = write_lines(
+        tmp_path / "mixed.jsonl",
+        [
+            pair_line("good one", "x = 1"),
+            "{not json",
+            '{"code": "x"}',
+            '{"query": "q"}',
+            b"\xff\xfe",
+            pair_line("good two", "y = 2"),
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data"):
+        records = read_pairs(path, on_bad_record="skip")
+    assert records.queries == ["good one", "good two"]
+    assert records.skipped == {"bad_json": 1, "missing_field": 2, "not_utf8": 1}
+    assert "skipped 4 bad records" in caplog.text and f"{path}:3: missing field 'query'" in caplog.text
+
+
+def test_file_level_problems_are_clear_errors(tmp_path: Path):
+    with pytest.raises(DualencError, match=r"missing\.jsonl: data file not found$"):
+        read_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(DualencError, match="is a directory, not a JSONL file"):
+        read_pairs(tmp_path)
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    with pytest.raises(DualencError, match=r"empty\.jsonl: empty file, no pairs"):
+        read_pairs(tmp_path / "empty.jsonl")
+    write_lines(tmp_path / "blank.jsonl", ["", "   "])
+    with pytest.raises(DualencError, match="empty file, no pairs"):
+        read_pairs(tmp_path / "blank.jsonl")
+    write_lines(tmp_path / "allbad.jsonl", ["[]", "{"])
+    with pytest.raises(
+        DualencError, match=r"no valid pairs, every record was bad \(not_object 1, bad_json 1\)"
+    ):
+        read_pairs(tmp_path / "allbad.jsonl", on_bad_record="skip")
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"this is not gzip\n")
+    with pytest.raises(DualencError, match=r"fake\.jsonl\.gz: not a readable gzip file"):
+        read_pairs(tmp_path / "fake.jsonl.gz")
+
+
+def test_a_10_mb_record_is_rejected_without_reading_it_whole(tmp_path: Path):
+    huge = pair_line("huge", "x" * (10 << 20))
+    path = write_lines(
+        tmp_path / "big.jsonl", [pair_line("small one", "x = 1"), huge, pair_line("small two", "y")]
+    )
+    with pytest.raises(
+        DualencError, match=r"big\.jsonl:2: record is 10\.0 MiB, over the 4 MiB limit per line"
+    ):
+        read_pairs(path)
+    records = read_pairs(path, on_bad_record="skip")
+    assert records.queries == ["small one", "small two"] and records.skipped == {"too_large": 1}
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def test_code_key_ignores_comments_docstrings_and_whitespace():
+    code = 'def area(w, h):\n    """Area of a rectangle."""\n    return w * h  # product\n'
+    assert normalised_code_key(code) == normalised_code_key("def area(w,h):\n\n  return w*h")
+    assert normalised_code_key(code) != normalised_code_key("def area(w, h):\n    return w + h\n")
+    # strings that are values, not statements, are code
+    assert normalised_code_key('x = "a"') != normalised_code_key('x = "b"')
+    renamed = "def size(a, b):\n    return a * b\n"
+    assert normalised_code_key(code) != normalised_code_key(renamed)
+    assert normalised_code_key(code, normalise_identifiers=True) == normalised_code_key(
+        renamed, normalise_identifiers=True
+    )
+
+
+def test_code_key_falls_back_for_code_that_does_not_tokenize():
+    java = "public int add(int a, int b) {\n  return a + b;\n}"
+    assert normalised_code_key(java) == normalised_code_key("public int add(int a,int b){ return a+b; }")
+    broken = "def f(:\n  x = (1,\n"  # unbalanced: tokenize raises
+    assert normalised_code_key(broken) == normalised_code_key("def f( :  x = ( 1 ,")
+    assert normalised_code_key("  if x:\n  a\n b\n") != 0  # inconsistent dedent
+
+
+def test_keys_are_stable_int64_and_query_key_ignores_case_and_spacing():
+    assert query_key("Sort  a List\n") == query_key("sort a list")
+    assert query_key("sort a list") != query_key("sort a dict")
+    # the same value in every process and Python version: blake2b, not hash()
+    assert stable_int64("sort a list") == 4700119175861191676
+    keys = np.array([normalised_code_key(f"x = {i}") for i in range(100)], dtype=np.int64)
+    assert len(set(keys.tolist())) == 100
+
+
+# --- token cache -----------------------------------------------------------------------
+
+
+def make_pairs_file(path: Path, count: int = 40) -> Path:
+    lines = [
+        pair_line(f"query number {i} " + "word " * (i % 7), f"def f{i}(x):\n    return x + {i}")
+        for i in range(count)
+    ]
+    return write_lines(path, lines)
+
+
+def test_token_cache_is_hit_on_the_second_load(tmp_path: Path):
+    data = make_pairs_file(tmp_path / "train.jsonl")
+    config = DataConfig(cache_dir=str(tmp_path / "cache"))
+    encoder = WordEncoder()
+    first = load_pair_set(data, config, encoder)
+    assert encoder.texts_tokenized == 80
+    second = load_pair_set(data, config, encoder)
+    assert encoder.texts_tokenized == 80  # nothing tokenized again
+    assert isinstance(second.code_ids.flat, np.memmap)
+    assert len(second) == 40 and second.queries == first.queries
+    for i in (0, 17, 39):
+        np.testing.assert_array_equal(second.query_tokens(i), first.query_tokens(i))
+        np.testing.assert_array_equal(second.code_tokens(i), encoder.tokenize([first.codes[i]], "code")[0])
+    np.testing.assert_array_equal(second.code_key, first.code_key)
+    np.testing.assert_array_equal(second.query_key, [query_key(q) for q in first.queries])
+    (entry,) = (tmp_path / "cache").iterdir()  # one cache, no temporary folders left
+    assert sorted(p.suffix for p in entry.iterdir()) == [".json"] + [".npy"] * 6
+
+
+def test_token_cache_is_invalidated_by_tokenizer_length_and_data(tmp_path: Path):
+    data = make_pairs_file(tmp_path / "train.jsonl")
+    config = DataConfig(cache_dir=str(tmp_path / "cache"))
+    load_pair_set(data, config, WordEncoder())
+    changed_tokenizer = WordEncoder(fingerprint="words-v2")
+    load_pair_set(data, config, changed_tokenizer)
+    assert changed_tokenizer.texts_tokenized == 80
+    shorter = WordEncoder(max_seq_len=4)
+    pairs = load_pair_set(data, config, shorter)
+    assert shorter.texts_tokenized == 80 and pairs.query_ids.lengths.max() == 4
+    make_pairs_file(data, count=41)
+    more_data = WordEncoder()
+    assert len(load_pair_set(data, config, more_data)) == 41 and more_data.texts_tokenized == 82
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path: Path):
+    data = make_pairs_file(tmp_path / "train.jsonl")
+    config = DataConfig(cache_dir=str(tmp_path / "cache"))
+    expected = load_pair_set(data, config, WordEncoder())
+    (entry,) = (tmp_path / "cache").iterdir()
+    (entry / "code_ids.npy").write_bytes(b"garbage")
+    encoder = WordEncoder()
+    pairs = load_pair_set(data, config, encoder)
+    assert encoder.texts_tokenized == 80
+    np.testing.assert_array_equal(pairs.code_tokens(5), expected.code_tokens(5))
+    again = WordEncoder()
+    load_pair_set(data, config, again)
+    assert again.texts_tokenized == 0
+
+
+def test_an_unwritable_cache_only_warns(tmp_path: Path, caplog):
+    data = make_pairs_file(tmp_path / "train.jsonl")
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data"):
+        pairs = load_pair_set(data, DataConfig(cache_dir=str(blocker)), WordEncoder())
+    assert len(pairs) == 40 and "cannot write the token cache" in caplog.text
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+def synthetic_pairs(
+    count: int, distinct_codes: int | None = None, distinct_queries: int | None = None
+) -> PairSet:
+    """Pairs with random lengths; code keys repeat every ``distinct_codes`` pairs."""
+    rng = np.random.default_rng(123)
+    ids = np.arange(count, dtype=np.int64)
+    return PairSet(
+        queries=[f"query {i}" for i in range(count)],
+        codes=[f"code {i}" for i in range(count)],
+        query_key=ids % (distinct_queries or count) + 10_000,
+        code_key=ids % (distinct_codes or count),
+        query_ids=RaggedIds.from_arrays([np.ones(n, np.int32) for n in rng.integers(3, 30, count)]),
+        code_ids=RaggedIds.from_arrays([np.ones(n, np.int32) for n in rng.integers(5, 128, count)]),
+    )
+
+
+def synthetic_sampler(
+    count: int = 100, batch_size: int = 10, distinct_codes=None, distinct_queries=None, **kwargs
+) -> BucketBatchSampler:
+    return BucketBatchSampler(synthetic_pairs(count, distinct_codes, distinct_queries), batch_size, **kwargs)
+
+
+def take(sampler: BucketBatchSampler, count: int) -> list[list[int]]:
+    iterator = iter(sampler)
+    return [next(iterator).tolist() for _ in range(count)]
+
+
+def test_sampler_is_deterministic_covers_every_pair_and_reshuffles_each_epoch():
+    sampler = synthetic_sampler(window=2, seed=5)
+    assert take(sampler, 30) == take(synthetic_sampler(window=2, seed=5), 30)
+    assert take(synthetic_sampler(seed=6), 10) != take(synthetic_sampler(seed=5), 10)
+    first, second = sampler.epoch_batches(0), sampler.epoch_batches(1)
+    assert sorted(np.concatenate(first).tolist()) == list(range(100))
+    assert [b.tolist() for b in first] != [b.tolist() for b in second]
+    assert all(len(batch) == 10 for batch in first)
+
+
+def test_no_batch_repeats_a_code_key_or_query_key():
+    # every code key is shared by 3 pairs, every query key by 4
+    sampler = synthetic_sampler(count=120, batch_size=8, distinct_codes=40, distinct_queries=30, seed=1)
+    for epoch in range(3):
+        batches = sampler.epoch_batches(epoch)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(120))
+        for batch in batches:
+            assert len(set((batch % 40).tolist())) == len(batch)
+            assert len(set((batch % 30).tolist())) == len(batch)
+        assert sum(len(batch) == 8 for batch in batches) >= 13  # deferring still fills batches
+
+
+def test_restored_sampler_continues_exactly_across_an_epoch_boundary():
+    uninterrupted = take(synthetic_sampler(seed=9, window=3), 27)
+    sampler = synthetic_sampler(seed=9, window=3)
+    take(sampler, 7)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    assert state == {"epoch": 0, "position": 7}
+    restored = synthetic_sampler(seed=9, window=3)
+    restored.load_state_dict(state)
+    assert take(restored, 20) == uninterrupted[7:]
+    assert restored.state_dict() == {"epoch": 2, "position": 7}  # 10 batches per epoch
+
+
+def test_shards_get_equal_numbers_of_full_disjoint_batches():
+    shards = [synthetic_sampler(count=105, batch_size=10, seed=3, num_replicas=3, rank=r) for r in range(3)]
+    for epoch in range(2):
+        per_rank = [shard.epoch_batches(epoch) for shard in shards]
+        assert [len(batches) for batches in per_rank] == [3, 3, 3]  # 10 full batches: 1 dropped
+        seen = np.concatenate([batch for batches in per_rank for batch in batches])
+        assert len(set(seen.tolist())) == len(seen) == 90
+    single = synthetic_sampler(count=105, batch_size=10, seed=3).epoch_batches(0)
+    full = [batch.tolist() for batch in single if len(batch) == 10]
+    assert [batch.tolist() for batch in shards[1].epoch_batches(0)] == full[1:9:3]
+    with pytest.raises(DualencError, match="cannot fill one batch"):
+        synthetic_sampler(count=20, batch_size=10, num_replicas=3)
+
+
+def test_bucketing_cuts_padding_and_batches_pad_to_their_own_longest(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    lines = [
+        pair_line(
+            " ".join(["w"] * int(rng.integers(1, 15))) + f" {i}",
+            " ".join(["c"] * int(rng.integers(1, 60))) + f" {i}",
+        )
+        for i in range(400)
+    ]
+    config = DataConfig(cache_dir=str(tmp_path / "cache"))
+    pairs = load_pair_set(write_lines(tmp_path / "t.jsonl", lines), config, WordEncoder(max_seq_len=64))
+    sampler = BucketBatchSampler(pairs, 16, seed=0, window=8)
+    bucketed = sampler.epoch_batches(0)
+    shuffled = np.array_split(rng.permutation(400), 25)
+    assert padding_fraction(pairs, bucketed) < 0.75 * padding_fraction(pairs, shuffled)
+    # sorted by code length first: that side, the longer one, gains most
+    assert padding_fraction(pairs, bucketed, ["code"]) < 0.3 * padding_fraction(pairs, shuffled, ["code"])
+    take(sampler, 25)  # the whole epoch
+    assert sampler.padding_fraction() == pytest.approx(padding_fraction(pairs, bucketed))
+    assert sampler.padding_fraction() == 0.0  # nothing handed out since
+
+    code_ids, code_mask = pairs.collate(bucketed[0], "code")
+    code_lengths = pairs.code_ids.lengths[bucketed[0]]
+    assert code_ids.shape == (16, code_lengths.max()) and code_ids.dtype == torch.long
+    assert code_mask.sum(1).tolist() == code_lengths.tolist()
+    np.testing.assert_array_equal(code_ids[0, : code_lengths[0]], pairs.code_tokens(bucketed[0][0]))
+    query_ids, _ = pairs.collate(bucketed[0], "query", "cpu")
+    assert query_ids.shape[1] == pairs.query_ids.lengths[bucketed[0]].max()
+
+
+def test_padding_fraction_counts_both_sides(tmp_path: Path):
+    path = write_lines(tmp_path / "t.jsonl", [pair_line("a", "x y"), pair_line("a b c", "x y z")])
+    pairs = load_pair_set(path, DataConfig(cache_dir=str(tmp_path / "cache")), WordEncoder())
+    # query lengths 2 and 4 (with the start id), code lengths 3 and 4: 2 + 1 padded of 8 + 8
+    assert padding_fraction(pairs, [np.array([0, 1])]) == pytest.approx(3 / 16)
+
+
+# --- evaluation sets -------------------------------------------------------------------
+
+
+def test_eval_set_pools_distinct_codes_and_groups_relevant_ones_per_query():
+    queries = ["sum a list", "Sum  a list", "reverse text", "sort items", "sort items"]
+    codes = ["sum(xs)", "def total(xs): return sum(xs)", "t[::-1]", "sorted(xs)", "sorted( xs )  # same"]
+    eval_set = eval_set_from_pairs(queries, codes, "val")
+    assert eval_set.name == "val"
+    assert eval_set.queries == ["sum a list", "reverse text", "sort items"]
+    assert eval_set.pool == ["sum(xs)", "def total(xs): return sum(xs)", "t[::-1]", "sorted(xs)"]
+    assert eval_set.relevant == [{0: 1.0, 1: 1.0}, {2: 1.0}, {3: 1.0}]
+    first_two = eval_set_from_pairs(queries, codes, "val", max_pairs=3)
+    assert first_two.queries == ["sum a list", "reverse text"] and len(first_two.pool) == 3
+
+
+def test_load_eval_set_honours_max_val_pairs(tmp_path: Path):
+    path = make_pairs_file(tmp_path / "val.jsonl", count=30)
+    eval_set = load_eval_set(path, DataConfig(max_val_pairs=12))
+    assert len(eval_set.queries) == len(eval_set.pool) == 12
+    assert eval_set.queries[0].startswith("query number 0")
+    assert len(load_eval_set(path, DataConfig()).pool) == 30

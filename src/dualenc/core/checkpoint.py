@@ -101,6 +101,9 @@ def resolve(directory: Path) -> Path:
 
 def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
+        if path.is_dir():
+            _fsync_tree(path)
+            continue
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(directory)
@@ -130,8 +133,7 @@ def _install(tmp: Path, target: Path) -> None:
 def _link_copy(source: Path, target: Path) -> None:
     """Atomically make ``target`` a copy of ``source`` using hard links (no extra disk)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    for path in source.iterdir():
-        os.link(path, tmp / path.name)
+    shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
     _install(tmp, target)
 
 

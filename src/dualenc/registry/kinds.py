@@ -30,6 +30,9 @@ class Component:
     version: str
 
     def create(self, options: Any = None) -> Any:
+        """Build the component; ``None`` means the options class's defaults."""
+        if options is None and self.options is not None:
+            options = self.options()
         return self.factory(options)
 
 

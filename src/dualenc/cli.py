@@ -16,6 +16,7 @@ from dualenc.cli_options import config_option, plugin_option, set_option
 from dualenc.commands.data import data
 from dualenc.commands.evaluate import evaluate
 from dualenc.commands.export import export
+from dualenc.commands.index import index, search
 from dualenc.commands.train import train
 from dualenc.errors import DualencError
 
@@ -127,6 +128,8 @@ def config_validate(config_path, plugins, sets):
 cli.add_command(data)
 cli.add_command(evaluate)
 cli.add_command(export)
+cli.add_command(index)
+cli.add_command(search)
 cli.add_command(train)
 
 

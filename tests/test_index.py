@@ -1,0 +1,465 @@
+"""Index build and update, the Retriever, and the index/search commands."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sqlite3
+import zlib
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from dualenc import Retriever
+from dualenc.commands.index import index as index_group
+from dualenc.commands.index import search as search_command
+from dualenc.core.checkpoint import save_encoder
+from dualenc.core.config import RetrievalConfig, RunConfig
+from dualenc.core.encode import encode_texts
+from dualenc.core.index import IndexOptions, build_index, checkpoint_hash
+from dualenc.errors import ConfigError, DualencError
+
+
+class HashingEncoder(torch.nn.Module):
+    """A small real encoder: hashed word tokens, an embedding table, mean pooling.
+
+    ``texts_tokenized`` counts every text it was asked to encode.
+    """
+
+    max_seq_len = 64
+    pad_id = 0
+
+    def __init__(self, dim: int = 32, buckets: int = 4096, seed: int = 0):
+        super().__init__()
+        self.dim = dim
+        self.buckets = buckets
+        self.embedding = torch.nn.Embedding(buckets, dim)
+        with torch.no_grad():
+            self.embedding.weight.copy_(
+                torch.randn(buckets, dim, generator=torch.Generator().manual_seed(seed))
+            )
+        self.texts_tokenized = 0
+
+    def prepare(self, texts) -> None:
+        pass
+
+    def tokenizer_fingerprint(self) -> str:
+        return f"hashing-{self.buckets}"
+
+    def tokenize(self, texts, side: str) -> list[np.ndarray]:
+        self.texts_tokenized += len(texts)
+        return [
+            np.array(
+                [1 + zlib.crc32(word.encode()) % (self.buckets - 1) for word in re.findall(r"\w+", text)][
+                    : self.max_seq_len
+                ]
+                or [1],
+                dtype=np.int32,
+            )
+            for text in texts
+        ]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def save(self, directory: Path) -> None:
+        save_file(
+            {"embedding.weight": self.embedding.weight.detach().contiguous()},
+            str(directory / "model.safetensors"),
+        )
+
+    def load(self, directory: Path) -> None:
+        self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+
+
+WORDS = [f"w{i}" for i in range(400)]
+
+
+def make_records(count: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "code": f"def f{i}():\n    return " + " + ".join(rng.sample(WORDS, 8)),
+            "path": f"pkg/m{i % 40}.py",
+            "symbol": f"f{i}",
+            "line": 1 + 3 * (i // 40),
+        }
+        for i in range(count)
+    ]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def encoder() -> HashingEncoder:
+    return HashingEncoder()
+
+
+@pytest.fixture
+def checkpoint(tmp_path, encoder) -> Path:
+    directory = tmp_path / "encoder"
+    save_encoder(encoder, "test-hashing", None, directory)
+    return directory
+
+
+def build(corpus, output_dir, checkpoint, encoder, *, update=False, overwrite=False, **options):
+    return build_index(
+        corpus,
+        output_dir,
+        checkpoint,
+        encoder=encoder,
+        update=update,
+        overwrite=overwrite,
+        options=IndexOptions(**options),
+        progress=False,
+    )
+
+
+def test_exact_index_files_manifest_and_search(tmp_path, encoder, checkpoint):
+    records = make_records(60)
+    out = tmp_path / "kb"
+    report = build(write_jsonl(tmp_path / "corpus.jsonl", records), out, checkpoint, encoder)
+
+    assert {p.name for p in out.iterdir()} == {"index.faiss", "meta.sqlite", "manifest.json"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == report.count == report.encoded == 60
+    assert manifest["index"]["type"] == "flat"
+    assert manifest["recall"]["value"] == 1.0
+    assert manifest["encoder"] == {
+        "checkpoint": str(checkpoint.resolve()),
+        "hash": checkpoint_hash(checkpoint),
+        "dim": 32,
+    }
+
+    with Retriever.load(out, encoder=encoder) as retriever:
+        results = retriever.search([records[7]["code"], records[33]["code"]], k=3)
+    assert [len(hits) for hits in results] == [3, 3]
+    top = results[0][0]
+    assert (top.code, top.path, top.symbol, top.line, top.id) == (
+        records[7]["code"],
+        "pkg/m7.py",
+        "f7",
+        1,
+        "pkg/m7.py::f7",
+    )
+    assert top.score == pytest.approx(1.0, abs=1e-5)
+    assert results[1][0].symbol == "f33"
+    assert results[0][0].score >= results[0][1].score >= results[0][2].score
+
+
+def _recall_against_numpy(
+    retriever: Retriever, corpus_vectors: np.ndarray, keys: list[str], queries
+) -> float:
+    """recall@10 of the retriever against exact numpy search, ties at the 10th score counted."""
+    scores = queries @ corpus_vectors.T
+    results = retriever.search_vectors(queries, k=10)
+    found = 0
+    for row, hits in zip(scores, results, strict=True):
+        tenth = np.sort(row)[-10]
+        found += sum(row[keys.index(hit.id)] >= tenth - 1e-5 for hit in hits)
+    return found / (10 * len(queries))
+
+
+def test_approximate_index_meets_recall_target_and_records_it(tmp_path, encoder, checkpoint):
+    records = make_records(3000)
+    out = tmp_path / "kb"
+    build(write_jsonl(tmp_path / "corpus.jsonl", records), out, checkpoint, encoder, exact_threshold=500)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["index"]["type"] == "ivf"
+    params = manifest["index"]["params"]
+    assert 1 <= params["nprobe"] < params["nlist"]
+    assert manifest["recall"]["value"] >= 0.95
+    assert manifest["recall"]["target"] == 0.95
+    assert "real queries were not available" in manifest["recall"]["query_source"]
+
+    corpus_vectors = encode_texts(encoder, [r["code"] for r in records], "code")
+    keys = [f"{r['path']}::{r['symbol']}" for r in records]
+    fresh_queries = encode_texts(
+        encoder, [" ".join(random.Random(i).sample(WORDS, 5)) for i in range(200)], "query"
+    )
+    with Retriever.load(out, encoder=encoder) as retriever:
+        assert faiss.extract_index_ivf(retriever.index).nprobe == params["nprobe"]
+        assert _recall_against_numpy(retriever, corpus_vectors, keys, fresh_queries) >= 0.9
+
+
+def test_update_encodes_only_new_and_changed_records(tmp_path, encoder, checkpoint):
+    records = make_records(20)
+    out = tmp_path / "kb"
+    corpus = tmp_path / "corpus.jsonl"
+    build(write_jsonl(corpus, records), out, checkpoint, encoder)
+
+    old_code = records[1]["code"]
+    updated = [dict(r) for r in records[1:]]  # f0 is deleted
+    updated[0]["code"] = "def f1():\n    return changed_body"
+    updated[1]["line"] = 99  # f2 moved, code unchanged
+    updated.append(
+        {"code": "def brand_new():\n    return fresh_thing", "path": "pkg/new.py", "symbol": "brand_new"}
+    )
+    encoder.texts_tokenized = 0
+    report = build(write_jsonl(corpus, updated), out, checkpoint, encoder, update=True)
+
+    assert encoder.texts_tokenized == 2
+    assert (report.encoded, report.unchanged, report.removed, report.count) == (2, 18, 1, 20)
+    with Retriever.load(out, encoder=encoder) as retriever:
+        (new_hits, changed_hits, moved_hits) = retriever.search(
+            [updated[-1]["code"], updated[0]["code"], updated[1]["code"]], k=1
+        )
+        everything = retriever.search(["anything"], k=100)[0]
+    assert new_hits[0].id == "pkg/new.py::brand_new" and new_hits[0].line is None
+    assert changed_hits[0].id == "pkg/m1.py::f1" and changed_hits[0].code == updated[0]["code"]
+    assert moved_hits[0].line == 99
+    assert len(everything) == 20
+    assert old_code not in {hit.code for hit in everything}
+    assert "pkg/m0.py::f0" not in {hit.id for hit in everything}
+
+
+def test_update_of_python_sources_and_duplicate_keys(tmp_path, encoder, checkpoint):
+    package = tmp_path / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "a.py").write_text("def one():\n    return 1\n\n\ndef two():\n    return 2\n")
+    # the same symbol twice in one file: keys are numbered, not merged
+    (package / "b.py").write_text(
+        "if X:\n    def f():\n        return 'x'\nelse:\n    def f():\n        return 'y'\n"
+    )
+    out = tmp_path / "kb"
+    assert build(tmp_path / "src", out, checkpoint, encoder).count == 4
+
+    (package / "a.py").write_text("def one():\n    return 'one changed'\n\n\ndef two():\n    return 2\n")
+    (package / "c.py").write_text("def three():\n    return 3\n")
+    encoder.texts_tokenized = 0
+    report = build(tmp_path / "src", out, checkpoint, encoder, update=True)
+
+    assert encoder.texts_tokenized == 2
+    assert (report.encoded, report.unchanged, report.removed, report.count) == (2, 3, 0, 5)
+    with Retriever.load(out, encoder=encoder) as retriever:
+        hits = retriever.search(["return 3"], k=5)[0]
+    assert {hit.id for hit in hits} == {
+        "src/pkg/a.py::one",
+        "src/pkg/a.py::two",
+        "src/pkg/b.py::f",
+        "src/pkg/b.py::f#2",
+        "src/pkg/c.py::three",
+    }
+    assert next(hit for hit in hits if hit.symbol == "three").path == "src/pkg/c.py"
+
+
+def test_update_of_approximate_index_rebuilds_it(tmp_path, encoder, checkpoint):
+    records = make_records(2000)
+    out = tmp_path / "kb"
+    corpus = tmp_path / "corpus.jsonl"
+    build(write_jsonl(corpus, records), out, checkpoint, encoder, exact_threshold=500)
+    for record in records[:10]:
+        record["code"] += " + changed"
+    encoder.texts_tokenized = 0
+    report = build(write_jsonl(corpus, records), out, checkpoint, encoder, update=True, exact_threshold=500)
+
+    assert encoder.texts_tokenized == 10
+    assert report.manifest["index"]["type"] == "ivf"
+    assert report.manifest["recall"]["value"] >= 0.95
+    with Retriever.load(out, encoder=encoder) as retriever:
+        hit = retriever.search([records[3]["code"]], k=1)[0][0]
+    assert hit.code == records[3]["code"] and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_failed_update_leaves_the_index_as_it_was(tmp_path, encoder, checkpoint, monkeypatch):
+    records = make_records(20)
+    out = tmp_path / "kb"
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    build(corpus, out, checkpoint, encoder)
+    write_jsonl(corpus, records[5:] + [{"code": "def added(): pass", "id": "added"}])
+
+    def interrupted(texts, side):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(encoder, "tokenize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(corpus, out, checkpoint, encoder, update=True)
+    monkeypatch.undo()
+
+    assert {p.name for p in out.iterdir()} == {"index.faiss", "meta.sqlite", "manifest.json"}
+    with Retriever.load(out, encoder=encoder) as retriever:
+        assert len(retriever.search(["w1"], k=50)[0]) == 20
+
+
+# --- failures --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def built(tmp_path, encoder, checkpoint) -> Path:
+    out = tmp_path / "kb"
+    build(write_jsonl(tmp_path / "corpus.jsonl", make_records(20)), out, checkpoint, encoder)
+    return out
+
+
+@pytest.fixture
+def other_checkpoint(tmp_path) -> Path:
+    directory = tmp_path / "other-encoder"
+    save_encoder(HashingEncoder(seed=1), "test-hashing", None, directory)
+    return directory
+
+
+def test_another_encoder_is_refused(tmp_path, built, encoder, other_checkpoint):
+    message = r"kb/manifest.json: the index was built with encoder checkpoint .* is a different encoder"
+    with pytest.raises(DualencError, match=message):
+        Retriever.load(built, other_checkpoint, encoder=encoder)
+    with pytest.raises(DualencError, match=message):
+        build(tmp_path / "corpus.jsonl", built, other_checkpoint, encoder, update=True)
+
+
+def _truncate_index(index_dir: Path) -> None:
+    data = (index_dir / "index.faiss").read_bytes()
+    (index_dir / "index.faiss").write_bytes(data[: len(data) // 2])
+
+
+def _drop_a_record(index_dir: Path) -> None:
+    with sqlite3.connect(index_dir / "meta.sqlite") as db:
+        db.execute("DELETE FROM records WHERE id = (SELECT MIN(id) FROM records)")
+    db.close()
+
+
+def _change_generation(index_dir: Path) -> None:
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["generation"] = "0" * 32
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "index.faiss").unlink(), r"kb/index.faiss: missing"),
+        (_truncate_index, r"kb/index.faiss: unreadable faiss index, truncated or corrupt"),
+        (_drop_a_record, r"kb/index.faiss: holds 20 vectors, but .*kb/meta.sqlite has 19 records"),
+        (lambda d: (d / "manifest.json").unlink(), r"kb/manifest.json: missing; .* is not a dualenc index"),
+        (lambda d: (d / "meta.sqlite").unlink(), r"kb/meta.sqlite: missing"),
+        (_change_generation, r"kb/meta.sqlite: belongs to another build"),
+    ],
+    ids=[
+        "missing-index",
+        "truncated-index",
+        "count-mismatch",
+        "missing-manifest",
+        "missing-meta",
+        "generation",
+    ],
+)
+def test_damaged_index_is_reported(built, encoder, checkpoint, damage, message):
+    damage(built)
+    with pytest.raises(DualencError, match=message):
+        Retriever.load(built, checkpoint, encoder=encoder)
+
+
+def test_empty_corpus_is_refused_and_writes_nothing(tmp_path, encoder, checkpoint):
+    corpus = tmp_path / "empty.jsonl"
+    corpus.write_text("\n")
+    with pytest.raises(DualencError, match=r"empty.jsonl: no code records"):
+        build(corpus, tmp_path / "kb", checkpoint, encoder)
+    assert list((tmp_path / "kb").iterdir()) == []
+
+
+def test_bad_corpus_line_names_file_and_line(tmp_path, encoder, checkpoint):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"code": "def f(): pass"}\n{"path": "x.py"}\n')
+    with pytest.raises(DualencError, match=r"corpus.jsonl:2: 'code' must be a non-empty string"):
+        build(corpus, tmp_path / "kb", checkpoint, encoder)
+
+
+def test_existing_index_needs_update_or_overwrite(tmp_path, built, encoder, checkpoint):
+    corpus = write_jsonl(tmp_path / "small.jsonl", make_records(5))
+    with pytest.raises(DualencError, match=r"kb: already holds an index; pass --update"):
+        build(corpus, built, checkpoint, encoder)
+    assert build(corpus, built, checkpoint, encoder, overwrite=True).count == 5
+
+
+# --- Retriever.from_config ---------------------------------------------------------------
+
+
+def test_from_config_accepts_run_config_retrieval_config_and_dicts(built, encoder, checkpoint):
+    block = {"enabled": True, "encoder_checkpoint": str(checkpoint), "faiss_index": str(built)}
+    configs = [
+        RunConfig(retrieval=RetrievalConfig(**block)),
+        RetrievalConfig(**block),
+        block,
+        {"retrieval": block},
+    ]
+    for config in configs:
+        with Retriever.from_config(config, encoder=encoder) as retriever:
+            assert len(retriever.search(["return w1"], k=4)[0]) == 4
+
+
+def test_from_config_refuses_disabled_retrieval_and_unknown_keys(built, checkpoint):
+    with pytest.raises(DualencError, match="retrieval.enabled is false"):
+        Retriever.from_config({"retrieval": {"enabled": False, "faiss_index": str(built)}})
+    with pytest.raises(ConfigError, match=r"retrieval.enabld: unknown key; did you mean 'enabled'"):
+        Retriever.from_config({"enabld": True})
+
+
+# --- CLI, with the hf encoder rebuilt from its checkpoint ------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory) -> Path:
+    from dualenc.registry import load_catalog
+
+    component = load_catalog().get("encoder", "hf")
+    options = component.options(max_seq_len=64)
+    directory = tmp_path_factory.mktemp("hf") / "encoder"
+    save_encoder(component.create(options), "hf", options, directory)
+    return directory
+
+
+def test_build_and_search_commands(tmp_path, hf_checkpoint, monkeypatch):
+    records = [
+        {"code": "def binary_search(items, x):\n    lo, hi = 0, len(items)\n", "path": "a.py", "line": 3},
+        {"code": "def read_csv(path):\n    return open(path).read().split(',')\n", "path": "b.py"},
+        {"code": "def send_email(to, body):\n    smtp.send(to, body)\n", "id": 7},
+    ]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    out = tmp_path / "kb"
+    runner = CliRunner()
+    result = runner.invoke(
+        index_group,
+        [
+            "build",
+            "--encoder-checkpoint",
+            str(hf_checkpoint),
+            "--code-corpus",
+            str(corpus),
+            "--output-dir",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 records (flat; exact); 3 encoded" in result.output
+
+    result = runner.invoke(
+        search_command, ["--index", str(out), "binary search implementation", "-k", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    (answer,) = json.loads(result.stdout)
+    assert answer["query"] == "binary search implementation"
+    assert [hit["path"] for hit in answer["hits"]][0] == "a.py"
+    assert set(answer["hits"][0]) == {"code", "path", "symbol", "line", "id", "score"}
+    assert len(answer["hits"]) == 2
+
+    result = runner.invoke(search_command, ["--index", str(out), "email someone", "-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert "send_email" in result.stdout and "  -  7" in result.stdout
+
+    monkeypatch.setattr("dualenc.commands.index._rich_printer", lambda: None)  # as without rich
+    result = runner.invoke(
+        search_command, ["--index", str(out), "read a csv file", "-k", "1", "--max-lines", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == ["     def read_csv(path):", "     ... 1 more line"]

@@ -14,8 +14,10 @@ from plugin_dist import write_distribution
 from safetensors.torch import load_model, save_model
 
 from dualenc.commands.evaluate import evaluate
-from dualenc.core.benchmarks import default_cosqa_dir, eval_set_from_jsonl, load_cosqa
+from dualenc.core.benchmarks import default_cosqa_dir, load_cosqa
 from dualenc.core.checkpoint import save_encoder
+from dualenc.core.config import DataConfig
+from dualenc.core.data import load_eval_set
 from dualenc.core.encode import encode_texts
 from dualenc.core.metrics import rank_pool
 from dualenc.errors import DualencError
@@ -113,39 +115,8 @@ def test_test_encoder_is_an_encoder():
     assert isinstance(HashBagEncoder(), Encoder)
 
 
-def test_eval_set_from_jsonl_groups_codes_by_query(pairs_file):
-    eval_set = eval_set_from_jsonl(pairs_file)
-    assert eval_set.name == "val"
-    assert len(eval_set.pool) == 7  # the sort_desc code appears twice
-    assert eval_set.queries[1] == "read a json file"
-    assert eval_set.relevant[1] == {1: 1.0, 2: 1.0}
-    assert eval_set.relevant[eval_set.queries.index("reverse a list")] == {0: 1.0}
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ('{"query": "q", "code": "c"}\n{"query": "q"\n', r"val\.jsonl:2: not valid JSON"),
-        ('{"query": "q", "code": "c"}\n[1]\n', r"val\.jsonl:2: expected a JSON object"),
-        ('{"query": "q"}\n', r"val\.jsonl:1: field 'code' missing"),
-        ('{"query": "", "code": "c"}\n', r"val\.jsonl:1: field 'query' must be a non-empty string"),
-        ("\n", "no \\(query, code\\) pairs"),
-    ],
-)
-def test_eval_set_from_jsonl_reports_bad_lines(tmp_path, content, message):
-    path = tmp_path / "val.jsonl"
-    path.write_text(content)
-    with pytest.raises(DualencError, match=message):
-        eval_set_from_jsonl(path)
-
-
-def test_missing_data_file(tmp_path):
-    with pytest.raises(DualencError, match="file not found"):
-        eval_set_from_jsonl(tmp_path / "nope.jsonl")
-
-
 def test_evaluator_end_to_end(pairs_file):
-    eval_set = eval_set_from_jsonl(pairs_file)
+    eval_set = load_eval_set(pairs_file, DataConfig())
     encoder = HashBagEncoder()
     evaluator = MRREvaluator(MRROptions(batch_size=3, chunk_size=2, pool_chunk_size=3))
     metrics = evaluator.evaluate(encoder, eval_set, prefix="val")
@@ -167,7 +138,7 @@ def test_distractors_join_the_pool(tmp_path, pairs_file):
     codes = ["def noise(): pass", PAIRS[0][1], "def noise(): pass", "def more(): return 1"]
     distractors.write_text("".join(json.dumps({"code": c}) + "\n" for c in codes))
     evaluator = MRREvaluator(MRROptions(distractors=str(distractors)))
-    eval_set = eval_set_from_jsonl(pairs_file)
+    eval_set = load_eval_set(pairs_file, DataConfig())
     # the copy of a pool code and the repeated distractor are skipped
     assert evaluator.with_distractors(eval_set).pool == [*eval_set.pool, codes[0], codes[3]]
     assert evaluator.evaluate(HashBagEncoder(), eval_set, prefix="x")["x/pool_size"] == 9
@@ -228,7 +199,7 @@ def test_cli_evaluate_data_json(pairs_file, tmp_path, hashbag_catalog):
         "mrr", "mrr@10", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100",
         "mean_rank", "median_rank", "pool_size", "num_queries",
     }  # fmt: skip
-    expected = MRREvaluator().evaluate(HashBagEncoder(), eval_set_from_jsonl(pairs_file), prefix="p")
+    expected = MRREvaluator().evaluate(HashBagEncoder(), load_eval_set(pairs_file, DataConfig()), prefix="p")
     assert report["metrics"]["mrr"] == pytest.approx(expected["p/mrr"])
 
     rows = [json.loads(line) for line in per_query.read_text().splitlines()]

@@ -98,10 +98,12 @@ def evaluate(
 
 
 def _eval_set(data, benchmark, split, benchmark_dir):
-    from dualenc.core.benchmarks import default_cosqa_dir, eval_set_from_jsonl, load_cosqa
+    from dualenc.core.benchmarks import default_cosqa_dir, load_cosqa
+    from dualenc.core.config import DataConfig
+    from dualenc.core.data import load_eval_set
 
-    if data is not None:
-        return eval_set_from_jsonl(data)
+    if data is not None:  # the same pool and relevance as val/ metrics during training
+        return load_eval_set(data, DataConfig(), name=Path(data).stem)
     return load_cosqa(benchmark_dir or default_cosqa_dir(), split)
 
 

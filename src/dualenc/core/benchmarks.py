@@ -46,33 +46,6 @@ def read_codes(path: Path, field: str = "code") -> list[str]:
     return [text_field(record, field, f"{path}:{number}") for number, record in read_jsonl(path)]
 
 
-def eval_set_from_jsonl(
-    path: Path, query_field: str = "query", code_field: str = "code", name: str | None = None
-) -> EvalSet:
-    """Each distinct query ranked against the distinct codes of the file.
-
-    A query's relevant codes are all the codes it is paired with anywhere in the file; codes
-    are matched by exact text.
-    """
-    path = Path(path)
-    pool_index: dict[str, int] = {}
-    relevant_by_query: dict[str, dict[int, float]] = {}
-    for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
-        query = text_field(record, query_field, where)
-        code = text_field(record, code_field, where)
-        index = pool_index.setdefault(code, len(pool_index))
-        relevant_by_query.setdefault(query, {})[index] = 1.0
-    if not relevant_by_query:
-        raise DualencError(f"{path}: no (query, code) pairs")
-    return EvalSet(
-        name=name or path.stem,
-        queries=list(relevant_by_query),
-        pool=list(pool_index),
-        relevant=list(relevant_by_query.values()),
-    )
-
-
 def default_cosqa_dir() -> Path:
     """``$DUALENC_COSQA_DIR``, else ``../shared/benchmarks/cosqa`` from the working directory."""
     return Path(os.environ.get(COSQA_DIR_ENV) or Path("..") / "shared" / "benchmarks" / "cosqa")

@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml contrib/dualenc-wandb/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[hf,dev]"
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e ".[hf,dev]" -e contrib/dualenc-wandb
 	touch $@
 
 demo: $(STAMP)

@@ -17,6 +17,7 @@ from dualenc.commands.data import data
 from dualenc.commands.evaluate import evaluate
 from dualenc.commands.export import export
 from dualenc.commands.index import index, search
+from dualenc.commands.plugins_new import new as plugins_new
 from dualenc.commands.train import train
 from dualenc.errors import DualencError
 
@@ -49,7 +50,10 @@ def cli():
 
 @cli.group()
 def plugins():
-    """Inspect installed plugins."""
+    """Inspect installed plugins, or start a new one."""
+
+
+plugins.add_command(plugins_new)
 
 
 @plugins.command("list")
@@ -83,17 +87,13 @@ def plugins_list(as_json):
     if as_json:
         click.echo(json.dumps({"components": rows, "broken": broken}, indent=2))
         return
-    width = max((len(r["name"]) for r in rows), default=4)
-    for row in rows:
-        click.echo(
-            f"{row['kind']:<9} {row['name']:<{width}}  {row['package']} {row['version']:<8}  "
-            f"{row['description']}"
-        )
-    for problem in broken:
-        click.echo(
-            f"broken    {problem['entry_point']:<{width}}  {problem['package']} "
-            f"{problem['version']:<8}  {problem['error']}"
-        )
+    # a broken plugin has no component name: its entry point stands in the name column
+    lines = [(r["kind"], r["name"], f"{r['package']} {r['version']}", r["description"]) for r in rows]
+    lines += [("broken", p["entry_point"], f"{p['package']} {p['version']}", p["error"]) for p in broken]
+    name_width = max((len(line[1]) for line in lines), default=4)
+    package_width = max((len(line[2]) for line in lines), default=7)
+    for kind, name, package, text in lines:
+        click.echo(f"{kind:<9} {name:<{name_width}}  {package:<{package_width}}  {text}")
 
 
 # --- config --------------------------------------------------------------------------

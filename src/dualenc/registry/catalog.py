@@ -1,8 +1,8 @@
 """The catalog: every installed component, with the distribution that provides it.
 
 Built-in components come through the same ``dualenc`` entry-point group as third-party
-ones. A plugin that fails to import is recorded as broken (with the error's last line)
-instead of breaking dualenc; only selecting one of its components fails.
+ones. A plugin that fails to import, or whose hook raises, is recorded as broken (with the
+error's last line) instead of breaking dualenc; only selecting one of its components fails.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _supports_api(plugin: Any) -> str | None:
         return f"declares an invalid API version range {spec!r}"
     if accepted:
         return None
-    return f"supports dualenc plugin API {spec}, but this dualenc provides {hookspecs.API_VERSION}"
+    return f"incompatible: wants dualenc plugin API {spec}; this dualenc provides {hookspecs.API_VERSION}"
 
 
 def _load_plugins(group: str):
@@ -107,8 +107,7 @@ def _load_plugins(group: str):
             if refusal is None:
                 manager.register(plugin, name=label)
         except Exception as exc:  # noqa: BLE001 - an import failure is reported, not raised
-            lines = str(exc).strip().splitlines()
-            refusal = f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+            refusal = _last_line(exc)
         if refusal is not None:
             problems.append(PluginProblem(entry_point.name, dist_name, dist_version, refusal))
             continue
@@ -123,8 +122,20 @@ def load_catalog(group: str = GROUP) -> Catalog:
     for kind, (hook_name, _) in KINDS.items():
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
             dist_name, dist_version = provenance[impl.plugin_name]
-            impl.function(register=_registrar(components, kind, dist_name, dist_version))
+            registered: list[Component] = []
+            try:
+                impl.function(register=_registrar(registered, kind, dist_name, dist_version))
+            except Exception as exc:  # noqa: BLE001 - a hook that fails is reported like an import
+                entry_point = impl.plugin_name.partition(":")[2]
+                problems.append(PluginProblem(entry_point, dist_name, dist_version, _last_line(exc)))
+                continue
+            components.extend(registered)
     return Catalog(tuple(components), tuple(problems))
+
+
+def _last_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
 def _registrar(components: list[Component], kind: str, dist: str, version: str):

@@ -28,7 +28,7 @@ class AimTracker:
     def start(self, run_dir: Path, config: dict) -> None:
         import aim
 
-        Path(self.options.repo).mkdir(parents=True, exist_ok=True)
+        # Aim creates the repo itself; an empty directory made beforehand reads as out of date
         self.run = aim.Run(
             repo=self.options.repo,
             experiment=self.options.experiment,

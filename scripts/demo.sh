@@ -18,7 +18,8 @@ dualenc train --config configs/quickstart.yaml
 echo "== 4. evaluate the best checkpoint"
 dualenc evaluate --checkpoint checkpoints/quickstart/encoder-best-mrr --data data/stdlib/val.jsonl
 
-echo "== 5. index standard-library code and search it"
+echo "== 5. index the documented standard-library functions and search them"
+cat data/stdlib/train.jsonl data/stdlib/val.jsonl > data/stdlib/corpus.jsonl
 dualenc index build --encoder-checkpoint checkpoints/quickstart/encoder-best-mrr \
-  --code-corpus data/stdlib/corpus.jsonl --output-dir indices/stdlib
-dualenc search --index indices/stdlib "binary search implementation" -k 3
+  --code-corpus data/stdlib/corpus.jsonl --output-dir indices/stdlib --overwrite
+dualenc search --index indices/stdlib "binary search implementation" -k 3 --max-lines 8

@@ -161,7 +161,8 @@ class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
     def finish(self, status: str) -> None:
-        """``status`` is ``"finished"``, ``"interrupted"`` or ``"failed"``."""
+        """``status``: ``"finished"``, ``"stopped"`` (--stop-after), ``"interrupted"`` (a
+        signal) or ``"failed"``."""
 
 
 # kind -> (hook name, protocol)

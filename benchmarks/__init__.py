@@ -1,0 +1,1 @@
+"""Benchmarks of dualenc against sentence-transformers; see benchmarks/README.md."""

@@ -283,6 +283,13 @@ def evaluate(encode: Callable[[list[str], str], np.ndarray], sets: dict) -> dict
 # --- statistics, tables, results ---------------------------------------------------------
 
 
+def peer_encoder(model) -> Callable[[list[str], str], np.ndarray]:
+    """A sentence-transformers model as an ``evaluate`` encode function (unit vectors)."""
+    return lambda texts, side: model.encode(
+        texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

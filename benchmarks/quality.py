@@ -30,6 +30,7 @@ from benchmarks.common import (
     machine_info,
     model_path,
     parse_arguments,
+    peer_encoder,
     print_table,
     run_isolated,
     smoke_pairs_dir,
@@ -53,13 +54,7 @@ def zero_shot(spec: dict) -> dict:
     return {
         "dualenc": evaluate(lambda texts, side: encode_texts(encoder, texts, side, 128), sets),
         "sentence-transformers": evaluate(
-            lambda texts, side: peer.encode(
-                texts,
-                batch_size=128,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            ),
+            peer_encoder(peer),
             sets,
         ),
     }

@@ -34,6 +34,7 @@ from benchmarks.common import (
     median,
     model_path,
     parse_arguments,
+    peer_encoder,
     print_table,
     read_jsonl,
     run_isolated,
@@ -314,13 +315,7 @@ def peer_train(spec: dict) -> dict:
     if spec["evaluate"]:
         sets = eval_sets(Path(spec["val_file"]), Path(spec["cosqa_dir"]), spec["eval_limit"])
         report["evaluation"] = evaluate(
-            lambda texts, side: model.encode(
-                texts,
-                batch_size=128,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            ),
+            peer_encoder(model),
             sets,
         )
     shutil.rmtree(spec["output_dir"], ignore_errors=True)

@@ -81,8 +81,8 @@ def gather_offsets(n: int, device: torch.device) -> tuple[int, int]:
     return sum(sizes[: rank()]), sum(sizes)
 
 
-def sum_gradients(parameters) -> None:
-    """Sum gradients over ranks, flattened into one buffer per dtype for few collectives."""
+def sum_gradients(parameters, average: bool = False) -> None:
+    """Sum (or average) gradients over ranks, one flattened buffer per dtype for few collectives."""
     if world_size() == 1:
         return
     grads = [p.grad for p in parameters if p.grad is not None]
@@ -92,6 +92,8 @@ def sum_gradients(parameters) -> None:
     for group in by_dtype.values():
         flat = torch.cat([g.reshape(-1) for g in group])
         dist.all_reduce(flat)
+        if average:
+            flat /= world_size()
         offset = 0
         for grad in group:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))

@@ -420,11 +420,7 @@ def _train(
                 params = [p for g in optimizer.param_groups for p in g["params"]]
                 # gathered: every rank holds the global loss, and its gradient is the sum over
                 # ranks of what flowed into each rank's own embeddings; otherwise average
-                distributed.sum_gradients(params)
-                if world > 1 and not gather:
-                    for param in params:
-                        if param.grad is not None:
-                            param.grad /= world
+                distributed.sum_gradients(params, average=not gather)
                 loss_value = float(loss.detach())
                 if not gather:
                     loss_value = distributed.mean_over_ranks(loss_value, device)

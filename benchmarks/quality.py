@@ -6,15 +6,15 @@ standard-library training pairs, batch 32, max_seq_len 128, lr 2e-5, 10% warmup,
 - zero-shot (the pretrained model, encoded through each tool's own path: they must agree),
 - sentence-transformers: SentenceTransformerTrainer + MultipleNegativesRankingLoss,
 - dualenc: configs/quickstart.yaml (InfoNCE, temperature 0.07, in-batch negatives),
-- dualenc with its faiss miner (``--plugin miner=faiss``: 4 hard negatives per query from
-  ranks 10-50, mined before the first step with the model being trained).
+- dualenc with its faiss miner (``--plugin miner=faiss``: ``--miner-negatives`` (default 4) hard
+  negatives per query from ranks 10-50, mined before the first step with the model being trained).
 
 Every model is scored by the same code (dualenc's exact ranking over the full pool) on the
 held-out stdlib pairs (split by source file) and on the CoSQA test split (500 real web
 queries, 6,267 candidate functions). dualenc's loop also logs its own val/mrr at its last
 step, reported as a cross-check. All numbers are printed, losses included.
 
-    python -m benchmarks.quality [--steps 300] [--smoke]
+    python -m benchmarks.quality [--steps 300] [--miner-negatives 4] [--smoke]
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--miner-negatives", type=int, default=4, help="hard negatives per query for the faiss miner run"
+    )
     parser.add_argument("--eval-limit", type=int, default=None, help="score only this many queries per set")
     args = parse_arguments(parser, argv, steps=2, eval_limit=20, batch_size=8)
     machine = machine_info()
@@ -94,7 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     for label, function, settings in (
         ("sentence-transformers MNRL", "peer_train", {}),
         ("dualenc", "dualenc_train", {}),
-        ("dualenc + faiss miner", "dualenc_train", {"miner": "faiss"}),
+        (
+            "dualenc + faiss miner",
+            "dualenc_train",
+            {"miner": "faiss", "miner_negatives": args.miner_negatives},
+        ),
     ):
         name = "quality-" + label.replace(" ", "-").replace("+", "").replace("--", "-")
         run = run_isolated(
@@ -149,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
             "and CoSQA test",
             "eval_limit": args.eval_limit,
             "dualenc": "configs/quickstart.yaml: infonce, temperature 0.07 (fixed), false-negative masking, "
-            "weight decay 0.01; faiss miner: defaults (4 negatives, ranks 10-50, mined once before step 1 "
-            "since refresh_every 500 > steps)",
+            f"weight decay 0.01; faiss miner: {args.miner_negatives} negatives per query, ranks 10-50, mined "
+            "once before step 1 (refresh_every 500 > steps)",
             "peer": "MultipleNegativesRankingLoss (scale 20 = temperature 0.05), no_duplicates batch "
             "sampler, weight decay 0",
         },

@@ -65,6 +65,7 @@ def train_spec(pairs_dir: Path, run_name: str, **settings) -> dict:
         "seed": 42,
         "grad_cache_chunk": None,
         "miner": "none",
+        "miner_negatives": 4,
         # the loop always evaluates at its last step; a small slice keeps that short
         "max_val_pairs": 32,
         "evaluate": False,
@@ -121,6 +122,8 @@ def _dualenc_config(spec: dict, catalog):
         "train.log_interval=1",
         f"output_dir={spec['output_dir']}",
     ]
+    if spec["miner"] != "none":
+        sets.append(f"miner.num_negatives={spec['miner_negatives']}")
     plugins = [f"miner={spec['miner']}", "trackers=bench_clock"]
     return load_config(QUICKSTART_CONFIG, plugins=plugins, sets=sets, catalog=catalog)
 

@@ -159,9 +159,10 @@ def _dualenc_batches(config, catalog, steps: int) -> dict:
             pairs.code_ids.lengths[ids].astype("int64"),
         ):
             step["real_tokens"] += int(lengths.sum())
-            step["computed_tokens"] += int(lengths.max()) * len(ids)
             step["squared_real"] += int((lengths**2).sum())
-            step["squared_computed"] += int(lengths.max()) ** 2 * len(ids)
+            for group in data.length_groups(lengths):  # each group padded to its own longest
+                step["computed_tokens"] += int(lengths[group].max()) * len(group)
+                step["squared_computed"] += int(lengths[group].max()) ** 2 * len(group)
         for name, value in step.items():
             per_step[name].append(value)
 

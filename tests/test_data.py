@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -16,7 +17,9 @@ from dualenc.core.data import (
     BucketBatchSampler,
     PairSet,
     RaggedIds,
+    computed_tokens,
     eval_set_from_pairs,
+    length_groups,
     load_eval_set,
     load_pair_set,
     normalised_code_key,
@@ -372,9 +375,19 @@ def test_bucketing_cuts_padding_and_batches_pad_to_their_own_longest(tmp_path: P
     sampler = BucketBatchSampler(pairs, 16, seed=0, window=8)
     bucketed = sampler.epoch_batches(0)
     shuffled = np.array_split(rng.permutation(400), 25)
-    assert padding_fraction(pairs, bucketed) < 0.75 * padding_fraction(pairs, shuffled)
+    one_padded = {"grouped": False}  # each side of a batch padded to its longest
+    assert padding_fraction(pairs, bucketed, **one_padded) < 0.75 * padding_fraction(
+        pairs, shuffled, **one_padded
+    )
     # sorted by code length first: that side, the longer one, gains most
-    assert padding_fraction(pairs, bucketed, ["code"]) < 0.3 * padding_fraction(pairs, shuffled, ["code"])
+    assert padding_fraction(pairs, bucketed, ["code"], **one_padded) < 0.3 * padding_fraction(
+        pairs, shuffled, ["code"], **one_padded
+    )
+    # length groups within a batch cut more, on the query side (these batches are short, so a
+    # group's overhead often outweighs what it saves)
+    assert padding_fraction(pairs, bucketed, ["query"]) < padding_fraction(
+        pairs, bucketed, ["query"], **one_padded
+    )
     take(sampler, 25)  # the whole epoch
     assert sampler.padding_fraction() == pytest.approx(padding_fraction(pairs, bucketed))
     assert sampler.padding_fraction() == 0.0  # nothing handed out since
@@ -416,3 +429,35 @@ def test_load_eval_set_honours_max_val_pairs(tmp_path: Path):
     assert len(eval_set.queries) == len(eval_set.pool) == 12
     assert eval_set.queries[0].startswith("query number 0")
     assert len(load_eval_set(path, DataConfig()).pool) == 30
+
+
+def brute_force_groups_cost(lengths: list[int], max_groups: int, overhead: int) -> int:
+    """The least tokens + overhead over every split of the sorted lengths into contiguous groups."""
+    ordered = sorted(lengths)
+    best = None
+    for groups in range(1, min(max_groups, len(ordered)) + 1):
+        for cuts in itertools.combinations(range(1, len(ordered)), groups - 1):
+            bounds = (0, *cuts, len(ordered))
+            cost = sum(ordered[b - 1] * (b - a) for a, b in itertools.pairwise(bounds)) + overhead * groups
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_length_groups_are_an_optimal_partition(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 128, size=int(rng.integers(1, 10)))
+    max_groups, overhead = int(rng.integers(1, 5)), int(rng.integers(0, 80))
+    groups = length_groups(lengths, max_groups=max_groups, overhead=overhead)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    assert len(groups) <= max_groups
+    cost = sum(int(lengths[g].max()) * len(g) for g in groups) + overhead * len(groups)
+    assert cost == brute_force_groups_cost(lengths.tolist(), max_groups, overhead)
+
+
+def test_length_groups_split_mixed_queries_and_keep_alike_lengths_together():
+    mixed = np.array([8, 9, 7, 60, 10, 8, 61, 9, 7, 8] * 3)
+    groups = length_groups(mixed, overhead=64)
+    assert sorted(len(g) for g in groups) == [6, 24]
+    assert computed_tokens(mixed) == 6 * 61 + 24 * 10
+    assert len(length_groups(np.full(32, 100), overhead=64)) == 1

@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer
 
 from dualenc import hookimpl
+from dualenc.core import dropout
 from dualenc.core.config import at_least, one_of
 from dualenc.errors import DualencError
 
@@ -46,6 +47,8 @@ TOKENIZER_SIDE_FILES = (
     "merges.txt",
 )
 POOLING_MODES = ("cls", "mean")
+# transformers' sdpa attention, with attention dropout on the CPU drawn by dualenc.core.dropout
+ATTENTION_IMPLEMENTATION = "dualenc_sdpa"
 
 
 @attrs.frozen
@@ -147,12 +150,29 @@ class HFEncoder(torch.nn.Module):
         # the optimiser and out of DDP's search for parameters that got no gradient
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler.requires_grad_(False)
+        self._use_fast_dropout(transformers)
         self.dim = config.hidden_size
         self.max_seq_len = options.max_seq_len
         # the model's own pad id: some (RoBERTa) derive position ids from where it appears
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
         self._read_tokenizer_and_pooling(path)
         log.info("hf encoder %s: %d parameters", path, self.num_parameters)
+
+    def _use_fast_dropout(self, transformers) -> None:
+        """Training on the CPU spent a fifth of each step drawing dropout masks; see
+        dualenc.core.dropout. Evaluation and other devices run exactly as before."""
+        dropout.replace_dropout(self.model)
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+        transformers.AttentionInterface.register(ATTENTION_IMPLEMENTATION, sdpa_with_fast_dropout)
+        transformers.AttentionMaskInterface.register(
+            ATTENTION_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+        )
+        if self.model.config._attn_implementation == "sdpa":
+            try:
+                self.model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+            except (ValueError, NotImplementedError) as exc:  # a model without pluggable attention
+                log.info("attention dropout stays torch's: %s", exc)
 
     @property
     def num_parameters(self) -> int:
@@ -240,6 +260,24 @@ class HFEncoder(torch.nn.Module):
         (directory / "config_sentence_transformers.json").write_text(
             json.dumps(model_config, indent=2) + "\n"
         )
+
+
+def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout_p=0.0, **kwargs):
+    """A transformers attention function: its sdpa one, except bidirectional self-attention with
+    dropout on the CPU, which goes through dualenc.core.dropout.attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dropout_p = kwargs.pop("dropout", dropout_p)  # transformers passes it as dropout=
+    plain = (
+        getattr(module, "is_causal", False)
+        or getattr(module, "num_key_value_groups", 1) > 1
+        or kwargs.get("position_bias") is not None
+        or key.shape[2] != query.shape[2]
+    )
+    if dropout_p == 0 or query.device.type != "cpu" or plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout_p, **kwargs)
+    output = dropout.attention(query, key, value, attention_mask, dropout_p, kwargs.get("scaling"))
+    return output.transpose(1, 2).contiguous(), None
 
 
 def create(options: HFOptions) -> HFEncoder:

@@ -1,10 +1,11 @@
 """``transformer``: the seed's encoder, trained from scratch with its own byte-level BPE.
 
 A pre-norm transformer encoder (learned positions, GELU feed-forward, fused
-scaled-dot-product attention with a padding mask), mean-pooled over real tokens and
-L2-normalised. Query and code share one tower unless ``separate_towers`` is set; two towers
-still share the token embedding, as they share the tokenizer (Dong et al. 2022, "Exploring
-Dual Encoder Architectures for Question Answering", found that sharing it helps).
+scaled-dot-product attention with a padding mask, dropout drawn by dualenc.core.dropout),
+mean-pooled over real tokens and L2-normalised. Query and code share one tower unless
+``separate_towers`` is set; two towers still share the token embedding, as they share the
+tokenizer (Dong et al. 2022, "Exploring Dual Encoder Architectures for Question Answering",
+found that sharing it helps).
 
 At the seed's defaults (vocab 50257, d_model 768, 6 layers, 512 positions) the model has
 76.8M parameters with the default feed-forward width of 10/3 * d_model = 2560: the seed's
@@ -28,6 +29,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from dualenc import hookimpl
 from dualenc.core.config import at_least
+from dualenc.core.dropout import Dropout, attention
 from dualenc.errors import DualencError
 from dualenc.registry.kinds import SIDES
 
@@ -94,15 +96,13 @@ class Block(torch.nn.Module):
         self.ffn_norm = torch.nn.LayerNorm(d_model)
         self.ffn_in = torch.nn.Linear(d_model, ffn_dim)
         self.ffn_out = torch.nn.Linear(ffn_dim, d_model)
-        self.residual_dropout = torch.nn.Dropout(dropout)
+        self.residual_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = self.qkv(self.attention_norm(x)).view(batch, length, 3, self.n_heads, width // self.n_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, L, head_dim]
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        attended = attention(query, key, value, key_mask, self.dropout if self.training else 0.0)
         x = x + self.residual_dropout(
             self.attention_out(attended.transpose(1, 2).reshape(batch, length, width))
         )
@@ -115,7 +115,7 @@ class Tower(torch.nn.Module):
     def __init__(self, options: TransformerOptions, ffn_dim: int):
         super().__init__()
         self.positions = torch.nn.Embedding(options.max_seq_len, options.d_model)
-        self.embedding_dropout = torch.nn.Dropout(options.dropout)
+        self.embedding_dropout = Dropout(options.dropout)
         self.blocks = torch.nn.ModuleList(
             Block(options.d_model, options.n_heads, ffn_dim, options.dropout) for _ in range(options.n_layers)
         )

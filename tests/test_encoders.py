@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from dualenc.commands.export import export, export_sentence_transformers
 from dualenc.core.checkpoint import load_encoder, save_encoder
-from dualenc.core.encode import encode_texts, encode_token_ids, pad_batch
+from dualenc.core.encode import encode_texts, encode_token_ids, iter_length_sorted_batches, pad_batch
 from dualenc.errors import DualencError
 from dualenc.plugins.encoders.hf import HFEncoder, HFOptions, read_pooling_mode
 from dualenc.plugins.encoders.transformer import TransformerEncoder, TransformerOptions
@@ -259,3 +259,18 @@ def test_hf_pooling_auto_reads_either_sentence_transformers_format(tmp_path):
     config.write_text(json.dumps({"embedding_dimension": 8, "pooling_mode": "max"}))
     with pytest.raises(DualencError, match="set encoder.pooling"):
         read_pooling_mode(tmp_path)
+
+
+def test_length_sorted_batches_keep_to_the_token_budget_and_cover_every_text():
+    rng = np.random.default_rng(0)
+    sizes = np.concatenate([rng.integers(1, 200, size=220), rng.integers(1, 12, size=80)])
+    token_ids = [np.zeros(int(n), dtype=np.int32) for n in rng.permutation(sizes)]
+    lengths = np.array([len(ids) for ids in token_ids])
+    batches = list(iter_length_sorted_batches(token_ids, batch_size=64, max_tokens=1024))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    widths = [int(lengths[b].max()) for b in batches]
+    assert widths == sorted(widths, reverse=True)  # longest first
+    for batch, width in zip(batches, widths, strict=True):
+        assert len(batch) <= 64 and (len(batch) * width <= 1024 or len(batch) == 1)
+    assert max(len(b) for b in batches) == 64  # short texts fill a whole batch
+    assert [len(b) for b in iter_length_sorted_batches(token_ids, batch_size=64)][:4] == [64] * 4

@@ -21,11 +21,27 @@ def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tenso
     return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
-def iter_length_sorted_batches(token_ids: Sequence[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Index batches in order of decreasing length, so each batch pads very little."""
-    order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+# Tokens per encoding batch on the CPU. MiniLM encoding at batch 256 ran 1.8x (codes, ~100
+# tokens) and 3.7x (docstrings) slower per text than at 1024 tokens a batch on a 2-core Xeon:
+# the activations of a large batch leave the caches. Accelerators want the largest batch that
+# fits, so this applies to the CPU only.
+CPU_TOKENS_PER_BATCH = 1024
+
+
+def iter_length_sorted_batches(
+    token_ids: Sequence[np.ndarray], batch_size: int, max_tokens: int | None = None
+) -> Iterator[np.ndarray]:
+    """Index batches in order of decreasing length, so each batch pads very little: at most
+    ``batch_size`` texts and, if given, ``max_tokens`` padded tokens (at least one text)."""
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        size = batch_size
+        if max_tokens is not None:  # the first text is the batch's longest
+            size = max(1, min(batch_size, max_tokens // max(1, int(lengths[order[start]]))))
+        yield order[start : start + size]
+        start += size
 
 
 def encoder_device(encoder) -> torch.device:
@@ -61,7 +77,8 @@ def _encode_local(encoder, token_ids: Sequence[np.ndarray], side: str, batch_siz
     was_training = encoder.training
     encoder.eval()
     try:
-        for index in iter_length_sorted_batches(token_ids, batch_size):
+        max_tokens = CPU_TOKENS_PER_BATCH if device.type == "cpu" else None
+        for index in iter_length_sorted_batches(token_ids, batch_size, max_tokens):
             input_ids, mask = pad_batch([token_ids[i] for i in index], encoder.pad_id)
             vectors = encoder(input_ids.to(device), mask.to(device), side)
             out[index] = vectors.float().cpu().numpy()

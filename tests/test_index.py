@@ -22,7 +22,7 @@ from dualenc.commands.index import search as search_command
 from dualenc.core.checkpoint import save_encoder
 from dualenc.core.config import RetrievalConfig, RunConfig
 from dualenc.core.encode import encode_texts
-from dualenc.core.index import IndexOptions, build_index, checkpoint_hash
+from dualenc.core.index import IndexOptions, build_index, checkpoint_hash, read_queries
 from dualenc.errors import ConfigError, DualencError
 
 
@@ -192,6 +192,35 @@ def test_approximate_index_meets_recall_target_and_records_it(tmp_path, encoder,
     with Retriever.load(out, encoder=encoder) as retriever:
         assert faiss.extract_index_ivf(retriever.index).nprobe == params["nprobe"]
         assert _recall_against_numpy(retriever, corpus_vectors, keys, fresh_queries) >= 0.9
+
+
+def test_tuning_on_real_queries_meets_the_target_for_queries_like_them(tmp_path, encoder, checkpoint):
+    records = make_records(3000)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    # short queries (3 words) sit far from every code vector (8 words), as natural language does
+    queries = [" ".join(random.Random(i).sample(WORDS, 3)) for i in range(600)]
+    tune_file = tmp_path / "queries.jsonl"
+    tune_file.write_text("".join(json.dumps({"query": q, "extra": 1}) + "\n" for q in queries[:300]))
+    out = tmp_path / "kb"
+    build(corpus, out, checkpoint, encoder, exact_threshold=500, tune_queries=str(tune_file))
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["index"]["type"] == "ivf"
+    assert manifest["recall"]["value"] >= 0.95
+    assert manifest["recall"]["queries"] == 300
+    assert str(tune_file) in manifest["recall"]["query_source"]
+    corpus_vectors = encode_texts(encoder, [r["code"] for r in records], "code")
+    keys = [f"{r['path']}::{r['symbol']}" for r in records]
+    held_out = encode_texts(encoder, queries[300:], "query")
+    with Retriever.load(out, encoder=encoder) as retriever:
+        assert _recall_against_numpy(retriever, corpus_vectors, keys, held_out) >= 0.93
+
+    # plain text, one query per line, works too; a JSONL line without a query is an error
+    (tmp_path / "queries.txt").write_text("\n".join(queries[:50]) + "\n\n")
+    assert read_queries(tmp_path / "queries.txt") == queries[:50]
+    (tmp_path / "bad.jsonl").write_text('{"query": "ok"}\n\n{"q": "typo"}\n')
+    with pytest.raises(DualencError, match=r"bad.jsonl:3: 'query' must be a non-empty string"):
+        read_queries(tmp_path / "bad.jsonl")
 
 
 def test_update_encodes_only_new_and_changed_records(tmp_path, encoder, checkpoint):

@@ -33,7 +33,11 @@ def test_index_and_mining_benchmarks_write_results(benchmarks, tmp_path):
     index = json.loads((tmp_path / "index_bench.json").read_text())
     assert index["smoke"] is True
     assert {"cores", "cpu_model", "avx512_bf16", "amx_bf16", "date"} <= set(index["machine"])
-    assert len(index["results"]) == 4
+    assert len(index["results"]) == 6
+    tuned = [r for r in index["results"] if "tuned on queries" in r["variant"]]
+    assert len(tuned) == 2 and all(r["manifest_recall"]["tuned_on"] == "queries" for r in tuned)
+    untuned = [r for r in index["results"] if r["variant"].endswith(", IVF")]
+    assert len(untuned) == 1 and untuned[0]["manifest_recall"]["tuned_on"] == "code vectors"
     for result in index["results"]:
         assert {"build_codes_per_sec", "latency_ms", "recall_at_10", "index"} <= set(result)
         assert 0.0 <= result["recall_at_10"] <= 1.0

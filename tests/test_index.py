@@ -183,6 +183,7 @@ def test_approximate_index_meets_recall_target_and_records_it(tmp_path, encoder,
     assert manifest["recall"]["value"] >= 0.95
     assert manifest["recall"]["target"] == 0.95
     assert "real queries were not available" in manifest["recall"]["query_source"]
+    assert manifest["recall"]["tuned_on"] == "code vectors"
 
     corpus_vectors = encode_texts(encoder, [r["code"] for r in records], "code")
     keys = [f"{r['path']}::{r['symbol']}" for r in records]
@@ -208,6 +209,7 @@ def test_tuning_on_real_queries_meets_the_target_for_queries_like_them(tmp_path,
     assert manifest["index"]["type"] == "ivf"
     assert manifest["recall"]["value"] >= 0.95
     assert manifest["recall"]["queries"] == 300
+    assert manifest["recall"]["tuned_on"] == "queries"
     assert str(tune_file) in manifest["recall"]["query_source"]
     corpus_vectors = encode_texts(encoder, [r["code"] for r in records], "code")
     keys = [f"{r['path']}::{r['symbol']}" for r in records]

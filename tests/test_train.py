@@ -167,6 +167,23 @@ def test_length_grouped_encoding_equals_one_padded_batch(tmp_path, pair_files):
             torch.testing.assert_close(param.grad, expected_grads[name], atol=1e-5, rtol=1e-4)
 
 
+def test_mining_overhead_is_logged_per_refresh_interval(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files, max_steps=4, eval_interval=100, save_interval=100)
+    config = load_config(
+        data={
+            **unstructure(config),
+            "plugins": {**unstructure(config)["plugins"], "miner": "random"},
+            "miner": {"num_negatives": 1, "refresh_every": 2},
+        }
+    )
+    train(config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [row for row in rows if any(key.startswith("mining/") for key in row)]
+    assert [row["step"] for row in rounds] == [0, 2]
+    assert "mining/overhead_pct" not in rounds[0]  # no interval before the first round
+    assert 0 < rounds[1]["mining/overhead_pct"] < 100
+
+
 NAN_LOSS = """
 from dualenc import hookimpl
 from dualenc.plugins.losses.infonce import InfoNCE, InfoNCEOptions

@@ -566,8 +566,8 @@ def read_queries(path: Path) -> list[str]:
 
 def _recall_queries(
     store: faiss.IndexIDMap2, options: IndexOptions, encoder, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Query ids (-1: not in the corpus), query vectors, and where they came from."""
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Query ids (-1: not in the corpus), query vectors, their kind and where they came from."""
     if options.tune_queries is not None:
         queries = read_queries(Path(options.tune_queries))
         if len(queries) > options.recall_queries:
@@ -575,10 +575,10 @@ def _recall_queries(
             queries = [queries[i] for i in chosen]
         vectors = encode_texts(encoder, queries, "query", options.batch_size)
         source = f"{len(queries)} natural-language queries from {options.tune_queries}, encoded as queries"
-        return np.full(len(queries), -1, dtype=np.int64), vectors, source
+        return np.full(len(queries), -1, dtype=np.int64), vectors, "queries", source
     ids, vectors = _store_vectors(store)
     rows = np.sort(rng.choice(len(ids), size=min(options.recall_queries, len(ids)), replace=False))
-    return ids[rows], vectors[rows], RECALL_QUERY_SOURCE
+    return ids[rows], vectors[rows], "code vectors", RECALL_QUERY_SOURCE
 
 
 def _finalize(store: faiss.IndexIDMap2, options: IndexOptions, encoder) -> tuple[faiss.Index, dict, dict]:
@@ -593,7 +593,7 @@ def _finalize(store: faiss.IndexIDMap2, options: IndexOptions, encoder) -> tuple
     nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
     ivf = _train_ivf(ids, vectors, nlist, rng)
     del vectors  # the IVF index holds its own copy
-    query_ids, queries, source = _recall_queries(store, options, encoder, rng)
+    query_ids, queries, tuned_on, source = _recall_queries(store, options, encoder, rng)
     nprobe, recall = _tune_nprobe(ivf, store, query_ids, queries, options.recall_target)
     info = {
         "type": "ivf",
@@ -606,6 +606,7 @@ def _finalize(store: faiss.IndexIDMap2, options: IndexOptions, encoder) -> tuple
         "value": round(recall, 4),
         "target": options.recall_target,
         "queries": len(query_ids),
+        "tuned_on": tuned_on,
         "query_source": source,
     }
     return ivf, info, recall_info

@@ -401,8 +401,7 @@ def _train(
     status = "finished"
     last = run_dir / checkpoint.LAST_NAME
     batches = iter(sampler)
-    started = time.perf_counter()
-    mining_seconds = 0.0
+    previous_round_start = None
     window_loss, window_steps, window_pairs, window_start = 0.0, 0, 0, time.perf_counter()
     try:
         with StopRequested() as stop:
@@ -414,9 +413,13 @@ def _train(
                     mine_start = time.perf_counter()
                     mined = miner.mine(encoder, pairs, step, run_dir)
                     encoder.train()
-                    mining_seconds += time.perf_counter() - mine_start
-                    total = time.perf_counter() - started
-                    mined["mining/overhead_pct"] = 100 * mining_seconds / max(total, 1e-9)
+                    if previous_round_start is not None:
+                        # the steady cost of the refresh interval: this round's share of the time
+                        # since the previous round began (the first round has no interval yet)
+                        now = time.perf_counter()
+                        since = max(now - previous_round_start, 1e-9)
+                        mined["mining/overhead_pct"] = 100 * (now - mine_start) / since
+                    previous_round_start = mine_start
                     for tracker in trackers:
                         tracker.log(mined, step)
                     window_start += time.perf_counter() - mine_start

@@ -133,10 +133,15 @@ def encode_side(encoder, pairs, ids, side, device):
     groups = data.length_groups(pairs.token_ids(side).lengths[ids])
     if len(groups) == 1:
         return encoder(*pairs.collate(ids, side, device), side)
-    parts = torch.cat([encoder(*pairs.collate(ids[group], side, device), side) for group in groups])
-    inverse = np.empty(len(ids), dtype=np.int64)
-    inverse[np.concatenate(groups)] = np.arange(len(ids))
-    return parts[torch.from_numpy(inverse).to(device)]
+    parts = [encoder(*pairs.collate(ids[group], side, device), side) for group in groups]
+    return in_original_order(parts, np.concatenate(groups), device)
+
+
+def in_original_order(parts, order: np.ndarray, device) -> torch.Tensor:
+    """Concatenated ``parts``, whose rows are items ``order[0], order[1], ...``, put back in item order."""
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    return torch.cat(parts)[torch.from_numpy(inverse).to(device)]
 
 
 def encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, autocast, gather):
@@ -203,14 +208,9 @@ def grad_cache_step(encoder, loss_fn, pairs, pair_ids, negative_ids, device, aut
     cached = [e.detach().requires_grad_() for e in embeddings]
     n_query_chunks = math.ceil(len(pair_ids) / chunk)
 
-    def unsorted(parts, order):
-        inverse = np.empty(len(order), dtype=np.int64)
-        inverse[order] = np.arange(len(order))
-        return torch.cat(parts)[torch.from_numpy(inverse).to(device)]
-
     batch = _contrastive(
-        unsorted(cached[:n_query_chunks], orders["query"]),
-        unsorted(cached[n_query_chunks:], orders["code"]),
+        in_original_order(cached[:n_query_chunks], orders["query"], device),
+        in_original_order(cached[n_query_chunks:], orders["code"], device),
         pairs,
         candidate_ids,
         device,

@@ -233,9 +233,8 @@ def code_pairs(count: int, seed: int = 0) -> tuple[list[dict], str]:
 def eval_sets(val_file: Path, cosqa_dir: Path = COSQA_DIR, limit: int | None = None) -> dict:
     """The held-out stdlib pairs and the CoSQA test split, as dualenc's evaluator sees them;
     with ``limit``, each cut down to that many queries (smoke runs)."""
-    from dualenc.core.benchmarks import load_cosqa
     from dualenc.core.config import DataConfig
-    from dualenc.core.data import load_eval_set
+    from dualenc.core.data.evalsets import load_cosqa, load_eval_set
 
     sets = {"stdlib-val": load_eval_set(val_file, DataConfig()), "cosqa-test": load_cosqa(cosqa_dir, "test")}
     return {name: _first_queries(s, limit) for name, s in sets.items()} if limit else sets
@@ -264,7 +263,7 @@ REPORTED_METRICS = ("mrr", "mrr@10", "recall@1", "recall@10", "ndcg@10")
 def evaluate(encode: Callable[[list[str], str], np.ndarray], sets: dict) -> dict:
     """Exact metrics of ``encode`` (texts, side -> unit vectors) on each set, by dualenc's
     ranking code, so both tools are scored the same way against the same pools."""
-    from dualenc.core.metrics import rank_pool
+    from dualenc.plugins.evaluators.metrics import rank_pool
 
     scores = {}
     for name, eval_set in sets.items():

@@ -2,7 +2,7 @@
 
 At 10k: real code (standard-library pairs, plus functions of installed packages where the
 stdlib has too few) encoded by the zero-shot all-MiniLM-L6-v2 at max_seq_len 128, through
-``dualenc.core.index.build_index`` exactly as ``dualenc index build`` runs it. Build
+``dualenc.core.index.build.build_index`` exactly as ``dualenc index build`` runs it. Build
 throughput counts everything: reading, encoding, metadata, FAISS.
 
 At 100k, encoding every code would take most of an hour on a small CPU, so the vectors are
@@ -154,7 +154,7 @@ def measure(
     ``queries`` maps each query text to its vector; ``encoder`` is the real one, which
     encodes the queries whatever built the index; ``vectors_given``: the build encoded nothing.
     """
-    from dualenc.core.index import Retriever
+    from dualenc import Retriever
 
     texts, query_vectors = list(queries), np.stack(list(queries.values()))
     with Retriever.load(index_dir, checkpoint, encoder=encoder) as retriever:
@@ -191,7 +191,8 @@ def build_from_vectors(
 ):
     """build_index over ``texts`` whose vectors are given: (index dir, build report).
     ``tune``: the tuning query file and its queries' vectors, or None (tuned on code vectors)."""
-    from dualenc.core.index import IndexOptions, build_index
+    from dualenc.core.index.build import build_index
+    from dualenc.core.index.options import IndexOptions
 
     corpus = write_jsonl(WORK_DIR / f"{name}.jsonl", [{"id": str(i), "code": t} for i, t in enumerate(texts)])
     index_dir = WORK_DIR / name
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=200, help="queries timed one at a time")
     args = parse_arguments(parser, argv, real=200, synthetic=2_000, queries=20)
     from dualenc.core.encode import encode_texts
-    from dualenc.core.index import IndexOptions, build_index
+    from dualenc.core.index.build import build_index
+    from dualenc.core.index.options import IndexOptions
     from dualenc.plugins.encoders.hf import HFEncoder, HFOptions
 
     machine = machine_info()
@@ -319,8 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
             "recall_queries": f"{len(queries)} distinct held-out stdlib docstring summaries (the odd ones)",
             "tune_queries": f"{len(tuning)} other held-out docstring summaries (the even ones), for the "
             "variants tuned on queries",
-            "build": "dualenc.core.index.build_index, IndexOptions defaults except exact_threshold for the "
-            "non-default variants",
+            "build": "dualenc.core.index.build.build_index, IndexOptions defaults except exact_threshold "
+            "for the non-default variants",
         },
         "results": results,
     }

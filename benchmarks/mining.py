@@ -57,7 +57,7 @@ TOP_WINDOW_MAX = RANGE_MIN + NUM_NEGATIVES
 def dualenc_mine(spec: dict) -> dict:
     """Worker: tokenize the corpus into a fresh cache and mine with dualenc's faiss miner."""
     from dualenc.core.config import DataConfig
-    from dualenc.core.data import load_pair_set
+    from dualenc.core.data.pairset import load_pair_set
     from dualenc.plugins.encoders.hf import HFOptions
     from dualenc.plugins.miners.faiss import FaissMinerOptions
     from dualenc.registry.catalog import load_catalog

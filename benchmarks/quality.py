@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
             "warmup_steps": train_spec(pairs_dir, "settings", max_steps=args.steps)["warmup_steps"],
             "max_seq_len": MAX_SEQ_LEN,
             "train_pairs": str(pairs_dir / "train.jsonl"),
-            "eval": "dualenc.core.metrics.rank_pool over the full pool; stdlib val (held out by source file) "
-            "and CoSQA test",
+            "eval": "dualenc.plugins.evaluators.metrics.rank_pool over the full pool; "
+            "stdlib val (held out by source file) and CoSQA test",
             "eval_limit": args.eval_limit,
             "dualenc": "configs/quickstart.yaml: infonce, temperature 0.07 (fixed), false-negative masking, "
             f"weight decay 0.01; faiss miner: {args.miner_negatives} negatives per query, ranks 10-50, mined "

@@ -131,14 +131,15 @@ def _dualenc_config(spec: dict, catalog):
 def _dualenc_batches(config, catalog, steps: int) -> dict:
     """The loop's batches replayed from its sampler (same pairs, seed and window): per step
     pairs, real and computed tokens (both sides), and the padding over one whole epoch."""
-    from dualenc.core import data
     from dualenc.core.build import build_encoder
+    from dualenc.core.data.pairset import load_pair_set
+    from dualenc.core.data.sampler import BucketBatchSampler, length_groups
 
     encoder = build_encoder(config, catalog)
-    pairs = data.load_pair_set(config.data.train_file, config.data, encoder)
+    pairs = load_pair_set(config.data.train_file, config.data, encoder)
 
     def sampler():
-        return data.BucketBatchSampler(
+        return BucketBatchSampler(
             pairs,
             batch_size=config.train.batch_size,
             seed=config.train.seed,
@@ -160,7 +161,7 @@ def _dualenc_batches(config, catalog, steps: int) -> dict:
         ):
             step["real_tokens"] += int(lengths.sum())
             step["squared_real"] += int((lengths**2).sum())
-            for group in data.length_groups(lengths):  # each group padded to its own longest
+            for group in length_groups(lengths):  # each group padded to its own longest
                 step["computed_tokens"] += int(lengths[group].max()) * len(group)
                 step["squared_computed"] += int(lengths[group].max()) ** 2 * len(group)
         for name, value in step.items():

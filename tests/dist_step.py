@@ -13,9 +13,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from dualenc.core import data, distributed
+from dualenc.core import distributed
 from dualenc.core.configio import load_config
-from dualenc.core.loop import encode_contrastive_batch, make_optimizer
+from dualenc.core.data.pairset import load_pair_set
+from dualenc.core.data.records import read_training_texts
+from dualenc.core.optim import make_optimizer
+from dualenc.core.step import encode_contrastive_batch
 from dualenc.registry import load_catalog
 
 config = load_config(sys.argv[1])
@@ -25,8 +28,8 @@ world, rank = distributed.world_size(), distributed.rank()
 catalog = load_catalog()
 torch.manual_seed(0)
 encoder = catalog.get("encoder", "transformer").create(config.encoder)
-encoder.prepare(data.read_training_texts(config.data.train_file, config.data))
-pairs = data.load_pair_set(config.data.train_file, config.data, encoder)
+encoder.prepare(read_training_texts(config.data.train_file, config.data))
+pairs = load_pair_set(config.data.train_file, config.data, encoder)
 loss_fn = catalog.get("loss", "infonce").create(config.loss)
 optimizer = make_optimizer(encoder, loss_fn, config.train)
 

@@ -116,9 +116,62 @@ def test_round_trip_of_the_resolved_config(tmp_path):
     assert isinstance(original, RunConfig)
 
 
-@pytest.mark.parametrize("name", ["baseline.yaml", "quickstart.yaml", "with_hard_negatives.yaml"])
+SEED_MODEL = {"vocab_size": 50257, "d_model": 768, "n_layers": 6, "n_heads": 12, "max_seq_len": 512}
+SEED_STAGE = {
+    **{f"encoder.{key}": value for key, value in SEED_MODEL.items()},
+    "plugins.encoder": "transformer",
+    "plugins.loss": "infonce",
+    "plugins.evaluator": "mrr",
+    "loss.temperature": 0.07,
+    "train.batch_size": 32,
+    "train.learning_rate": 1e-4,
+}
+# what README.md, scripts/demo.sh and each file's header say of the shipped configs
+SHIPPED = {
+    "baseline.yaml": {
+        **SEED_STAGE,
+        "plugins.miner": "none",
+        "train.max_steps": 50000,
+        "output_dir": "checkpoints/encoder",
+    },
+    "with_hard_negatives.yaml": {
+        **SEED_STAGE,
+        "plugins.miner": "faiss",
+        "output_dir": "checkpoints/encoder-hn",
+    },
+    "quickstart.yaml": {
+        "plugins.encoder": "hf",
+        "encoder.model_path": None,  # the offline all-MiniLM-L6-v2
+        "plugins.loss": "infonce",
+        "plugins.miner": "none",
+        "loss.temperature": 0.07,
+        "train.batch_size": 32,
+        "data.train_file": "data/stdlib/train.jsonl",
+        "data.val_file": "data/stdlib/val.jsonl",
+        "output_dir": "checkpoints/quickstart",
+    },
+}
+
+
+def dotted(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_configs_validate(repo_root, name):
-    load_config(repo_root / "configs" / name)
+    shown = unstructure(load_config(repo_root / "configs" / name))
+    assert {key: dotted(shown, key) for key in SHIPPED[name]} == SHIPPED[name]
+
+
+def test_the_shipped_stages_chain(repo_root):
+    baseline = load_config(repo_root / "configs" / "baseline.yaml")
+    hard = load_config(repo_root / "configs" / "with_hard_negatives.yaml")
+    # the seed's retrieval block finds stage one's best checkpoint, which stage two resumes from
+    assert baseline.retrieval.encoder_checkpoint == f"{baseline.output_dir}/encoder-best-mrr"
+    assert hard.encoder == baseline.encoder  # so the weights fit
+    assert 0 < hard.miner.refresh_every < hard.train.max_steps  # negatives refreshed during training
 
 
 def test_cli_validate_and_show(tmp_path):

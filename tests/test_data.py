@@ -11,49 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import TinyEncoder, write_pairs
 
 from dualenc.core.config import DataConfig
-from dualenc.core.data import (
-    BucketBatchSampler,
-    PairSet,
-    RaggedIds,
-    computed_tokens,
-    eval_set_from_pairs,
-    length_groups,
-    load_eval_set,
-    load_pair_set,
-    normalised_code_key,
-    padding_fraction,
-    query_key,
-    read_pairs,
-    read_training_texts,
-    stable_int64,
-)
+from dualenc.core.data.evalsets import eval_set_from_pairs, load_eval_set
+from dualenc.core.data.keys import normalised_code_key, query_key, stable_int64
+from dualenc.core.data.pairset import PairSet, RaggedIds, load_pair_set
+from dualenc.core.data.records import read_pairs, read_training_texts
+from dualenc.core.data.sampler import BucketBatchSampler, computed_tokens, length_groups
 from dualenc.errors import DualencError
-
-
-class WordEncoder:
-    """A real, tiny tokenizer: one id per whitespace-separated word. Counts its calls."""
-
-    pad_id = 0
-
-    def __init__(self, max_seq_len: int = 16, fingerprint: str = "words-v1"):
-        self.max_seq_len = max_seq_len
-        self.fingerprint = fingerprint
-        self.texts_tokenized = 0
-
-    def tokenizer_fingerprint(self) -> str:
-        return self.fingerprint
-
-    def tokenize(self, texts, side):
-        self.texts_tokenized += len(texts)
-        return [
-            np.array(
-                [1] + [2 + stable_int64(word) % 997 for word in text.split()][: self.max_seq_len - 1],
-                np.int32,
-            )
-            for text in texts
-        ]
 
 
 def write_lines(path: Path, lines: list[str | bytes]) -> Path:
@@ -98,7 +64,7 @@ def test_reads_codesearchnet_fields_from_gzip(tmp_path: Path):
                 json.dumps({"docstring": f"doc {i}", "code": f"x = {i}", "repo": "r/r", "url": "u"}) + "\n"
             )
     config = DataConfig(query_field="docstring", cache_dir=str(tmp_path / "cache"))
-    pairs = load_pair_set(path, config, WordEncoder())
+    pairs = load_pair_set(path, config, TinyEncoder())
     assert pairs.queries == ["doc 0", "doc 1", "doc 2"] and pairs.codes[2] == "x = 2"
     assert pairs.metadata[0] == {"repo": "r/r", "url": "u"}
 
@@ -139,7 +105,7 @@ def test_skip_drops_bad_lines_and_reports_counts(tmp_path: Path, caplog):
             pair_line("good two", "y = 2"),
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="dualenc.core.data"):
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.records"):
         records = read_pairs(path, on_bad_record="skip")
     assert records.queries == ["good one", "good two"]
     assert records.skipped == {"bad_json": 1, "missing_field": 2, "not_utf8": 1}
@@ -217,17 +183,16 @@ def test_keys_are_stable_int64_and_query_key_ignores_case_and_spacing():
 
 
 def make_pairs_file(path: Path, count: int = 40) -> Path:
-    lines = [
-        pair_line(f"query number {i} " + "word " * (i % 7), f"def f{i}(x):\n    return x + {i}")
-        for i in range(count)
+    pairs = [
+        (f"query number {i} " + "word " * (i % 7), f"def f{i}(x):\n    return x + {i}") for i in range(count)
     ]
-    return write_lines(path, lines)
+    return write_pairs(path, pairs)
 
 
 def test_token_cache_is_hit_on_the_second_load(tmp_path: Path):
     data = make_pairs_file(tmp_path / "train.jsonl")
     config = DataConfig(cache_dir=str(tmp_path / "cache"))
-    encoder = WordEncoder()
+    encoder = TinyEncoder()
     first = load_pair_set(data, config, encoder)
     assert encoder.texts_tokenized == 80
     second = load_pair_set(data, config, encoder)
@@ -235,8 +200,8 @@ def test_token_cache_is_hit_on_the_second_load(tmp_path: Path):
     assert isinstance(second.code_ids.flat, np.memmap)
     assert len(second) == 40 and second.queries == first.queries
     for i in (0, 17, 39):
-        np.testing.assert_array_equal(second.query_tokens(i), first.query_tokens(i))
-        np.testing.assert_array_equal(second.code_tokens(i), encoder.tokenize([first.codes[i]], "code")[0])
+        np.testing.assert_array_equal(second.query_ids[i], first.query_ids[i])
+        np.testing.assert_array_equal(second.code_ids[i], encoder.tokenize([first.codes[i]], "code")[0])
     np.testing.assert_array_equal(second.code_key, first.code_key)
     np.testing.assert_array_equal(second.query_key, [query_key(q) for q in first.queries])
     (entry,) = (tmp_path / "cache").iterdir()  # one cache, no temporary folders left
@@ -246,15 +211,15 @@ def test_token_cache_is_hit_on_the_second_load(tmp_path: Path):
 def test_token_cache_is_invalidated_by_tokenizer_length_and_data(tmp_path: Path):
     data = make_pairs_file(tmp_path / "train.jsonl")
     config = DataConfig(cache_dir=str(tmp_path / "cache"))
-    load_pair_set(data, config, WordEncoder())
-    changed_tokenizer = WordEncoder(fingerprint="words-v2")
+    load_pair_set(data, config, TinyEncoder())
+    changed_tokenizer = TinyEncoder(fingerprint="tiny-v2")
     load_pair_set(data, config, changed_tokenizer)
     assert changed_tokenizer.texts_tokenized == 80
-    shorter = WordEncoder(max_seq_len=4)
+    shorter = TinyEncoder(max_seq_len=4)
     pairs = load_pair_set(data, config, shorter)
     assert shorter.texts_tokenized == 80 and pairs.query_ids.lengths.max() == 4
     make_pairs_file(data, count=41)
-    more_data = WordEncoder()
+    more_data = TinyEncoder()
     assert len(load_pair_set(data, config, more_data)) == 41 and more_data.texts_tokenized == 82
     assert len(list((tmp_path / "cache").iterdir())) == 4
 
@@ -262,14 +227,14 @@ def test_token_cache_is_invalidated_by_tokenizer_length_and_data(tmp_path: Path)
 def test_a_damaged_cache_is_rebuilt(tmp_path: Path):
     data = make_pairs_file(tmp_path / "train.jsonl")
     config = DataConfig(cache_dir=str(tmp_path / "cache"))
-    expected = load_pair_set(data, config, WordEncoder())
+    expected = load_pair_set(data, config, TinyEncoder())
     (entry,) = (tmp_path / "cache").iterdir()
     (entry / "code_ids.npy").write_bytes(b"garbage")
-    encoder = WordEncoder()
+    encoder = TinyEncoder()
     pairs = load_pair_set(data, config, encoder)
     assert encoder.texts_tokenized == 80
-    np.testing.assert_array_equal(pairs.code_tokens(5), expected.code_tokens(5))
-    again = WordEncoder()
+    np.testing.assert_array_equal(pairs.code_ids[5], expected.code_ids[5])
+    again = TinyEncoder()
     load_pair_set(data, config, again)
     assert again.texts_tokenized == 0
 
@@ -278,8 +243,8 @@ def test_an_unwritable_cache_only_warns(tmp_path: Path, caplog):
     data = make_pairs_file(tmp_path / "train.jsonl")
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
-    with caplog.at_level(logging.WARNING, logger="dualenc.core.data"):
-        pairs = load_pair_set(data, DataConfig(cache_dir=str(blocker)), WordEncoder())
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.pairset"):
+        pairs = load_pair_set(data, DataConfig(cache_dir=str(blocker)), TinyEncoder())
     assert len(pairs) == 40 and "cannot write the token cache" in caplog.text
 
 
@@ -361,6 +326,24 @@ def test_shards_get_equal_numbers_of_full_disjoint_batches():
         synthetic_sampler(count=20, batch_size=10, num_replicas=3)
 
 
+def padding_fraction(
+    pairs: PairSet,
+    batches: list[np.ndarray],
+    sides: tuple[str, ...] | list[str] = ("query", "code"),
+    grouped: bool = True,
+) -> float:
+    """Padding tokens / all tokens computed over ``sides``, each side of a batch encoded in
+    ``length_groups`` (as training does) or, without ``grouped``, padded to its longest."""
+    padded = computed = 0
+    for batch in batches:
+        for side in sides:
+            lengths = pairs.token_ids(side).lengths[batch]
+            side_computed = computed_tokens(lengths) if grouped else int(lengths.max()) * len(batch)
+            computed += side_computed
+            padded += side_computed - int(lengths.sum())
+    return padded / computed if computed else 0.0
+
+
 def test_bucketing_cuts_padding_and_batches_pad_to_their_own_longest(tmp_path: Path):
     rng = np.random.default_rng(0)
     lines = [
@@ -371,7 +354,7 @@ def test_bucketing_cuts_padding_and_batches_pad_to_their_own_longest(tmp_path: P
         for i in range(400)
     ]
     config = DataConfig(cache_dir=str(tmp_path / "cache"))
-    pairs = load_pair_set(write_lines(tmp_path / "t.jsonl", lines), config, WordEncoder(max_seq_len=64))
+    pairs = load_pair_set(write_lines(tmp_path / "t.jsonl", lines), config, TinyEncoder(max_seq_len=64))
     sampler = BucketBatchSampler(pairs, 16, seed=0, window=8)
     bucketed = sampler.epoch_batches(0)
     shuffled = np.array_split(rng.permutation(400), 25)
@@ -396,14 +379,14 @@ def test_bucketing_cuts_padding_and_batches_pad_to_their_own_longest(tmp_path: P
     code_lengths = pairs.code_ids.lengths[bucketed[0]]
     assert code_ids.shape == (16, code_lengths.max()) and code_ids.dtype == torch.long
     assert code_mask.sum(1).tolist() == code_lengths.tolist()
-    np.testing.assert_array_equal(code_ids[0, : code_lengths[0]], pairs.code_tokens(bucketed[0][0]))
+    np.testing.assert_array_equal(code_ids[0, : code_lengths[0]], pairs.code_ids[bucketed[0][0]])
     query_ids, _ = pairs.collate(bucketed[0], "query", "cpu")
     assert query_ids.shape[1] == pairs.query_ids.lengths[bucketed[0]].max()
 
 
 def test_padding_fraction_counts_both_sides(tmp_path: Path):
     path = write_lines(tmp_path / "t.jsonl", [pair_line("a", "x y"), pair_line("a b c", "x y z")])
-    pairs = load_pair_set(path, DataConfig(cache_dir=str(tmp_path / "cache")), WordEncoder())
+    pairs = load_pair_set(path, DataConfig(cache_dir=str(tmp_path / "cache")), TinyEncoder())
     # query lengths 2 and 4 (with the start id), code lengths 3 and 4: 2 + 1 padded of 8 + 8
     assert padding_fraction(pairs, [np.array([0, 1])]) == pytest.approx(3 / 16)
 

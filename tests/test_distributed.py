@@ -11,20 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from fakes import logged_losses, tiny_config
 from safetensors.torch import load_file
-from test_train import losses, tiny_config, write_pairs
 
 from dualenc.core import checkpoint
 from dualenc.core.configio import dump_yaml
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def pair_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root / "train.jsonl", 96, 0), write_pairs(root / "val.jsonl", 24, 1)
 
 
 def config_file(tmp_path, pair_files, **train) -> Path:
@@ -64,7 +58,7 @@ def test_two_rank_run_stopped_and_resumed_matches_uninterrupted(tmp_path, pair_f
     assert (
         "2 process(es) x batch 8 = effective batch 16; each query sees 15 in-batch negatives" in done.stderr
     )
-    expected = losses(tmp_path / "a" / "run")
+    expected = logged_losses(tmp_path / "a" / "run")
     assert sorted(expected) == [1, 2, 3, 4]
     rows = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val/mrr" in r] == [0, 2, 4]  # one logger, not one per rank
@@ -75,7 +69,7 @@ def test_two_rank_run_stopped_and_resumed_matches_uninterrupted(tmp_path, pair_f
     last = tmp_path / "b" / "run" / "last"
     second = run([*TORCHRUN, "-m", "dualenc", "train", "--config", str(split), "--resume-from", str(last)])
     assert second.returncode == 0, second.stderr
-    assert losses(tmp_path / "b" / "run") == pytest.approx(expected, abs=1e-5)
+    assert logged_losses(tmp_path / "b" / "run") == pytest.approx(expected, abs=1e-5)
 
 
 def test_killing_one_rank_ends_the_others_and_keeps_the_checkpoint(tmp_path, pair_files):

@@ -6,16 +6,14 @@ outputs the page shows are what dualenc prints.
 """
 
 import inspect
-import json
 import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from plugin_dist import write_distribution
+from fakes import write_distribution, write_pairs
 
 from dualenc.cli import cli
 from dualenc.commands.plugins_new import component_module
@@ -152,17 +150,6 @@ def test_the_example_loss_computes_a_number(doc_examples):
     assert aligned < shuffled
 
 
-def write_pairs(path: Path, count: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    verbs = ["sort", "parse", "read", "write", "merge", "split", "count", "load"]
-    with open(path, "w") as out:
-        for i in range(count):
-            verb, noun = rng.choice(verbs), rng.choice(["file", "list", "text", "tree"])
-            code = f"def {verb}_{noun}_{i}(x):\n    return {verb}(x, '{noun}')\n"
-            out.write(json.dumps({"query": f"{verb} the {noun} number {i}", "code": code}) + "\n")
-    return str(path)
-
-
 def test_the_examples_train_together(doc_examples, tmp_path):
     config = load_config(
         data={
@@ -176,8 +163,8 @@ def test_the_examples_train_together(doc_examples, tmp_path):
             "encoder": {"dim": 16, "max_seq_len": 64},
             "miner": {"num_negatives": 2, "refresh_every": 2},
             "data": {
-                "train_file": write_pairs(tmp_path / "train.jsonl", 48, 0),
-                "val_file": write_pairs(tmp_path / "val.jsonl", 12, 1),
+                "train_file": str(write_pairs(tmp_path / "train.jsonl", 48, 0)),
+                "val_file": str(write_pairs(tmp_path / "val.jsonl", 12, 1)),
                 "cache_dir": str(tmp_path / "cache"),
             },
             "train": {

@@ -1,4 +1,4 @@
-"""dualenc.core.dropout: torch's dropout distribution, drawn cheaply on the CPU."""
+"""dualenc.dropout: torch's dropout distribution, drawn cheaply on the CPU."""
 
 import os
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualenc.core import dropout
+from dualenc import dropout
 from dualenc.plugins.encoders.hf import ATTENTION_IMPLEMENTATION, HFEncoder, HFOptions
 from dualenc.plugins.encoders.transformer import TransformerEncoder, TransformerOptions
 

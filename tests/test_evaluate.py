@@ -1,77 +1,28 @@
 """The mrr evaluator, the eval-set loaders and ``dualenc evaluate``, with a small real encoder."""
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
-from plugin_dist import write_distribution
-from safetensors.torch import load_model, save_model
+from fakes import TinyEncoder, write_distribution, write_jsonl, write_pairs
 
 from dualenc.commands.evaluate import evaluate
-from dualenc.core.benchmarks import default_cosqa_dir, load_cosqa
 from dualenc.core.checkpoint import save_encoder
 from dualenc.core.config import DataConfig
-from dualenc.core.data import load_eval_set
+from dualenc.core.data.evalsets import default_cosqa_dir, load_cosqa, load_eval_set
 from dualenc.core.encode import encode_texts
-from dualenc.core.metrics import rank_pool
 from dualenc.errors import DualencError
+from dualenc.plugins.evaluators.metrics import rank_pool
 from dualenc.plugins.evaluators.mrr import MRREvaluator, MRROptions
 from dualenc.registry import load_catalog
 from dualenc.registry.kinds import Encoder, EvalSet
 
 COSQA_DIR = Path("/work/shared/benchmarks/cosqa")
-
-
-class HashBagEncoder(torch.nn.Module):
-    """Mean of hashed-word embeddings: a tiny encoder whose queries find codes sharing words."""
-
-    dim = 256
-    max_seq_len = 64
-    pad_id = 0
-    vocab_size = 4096
-
-    def __init__(self, options=None):
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.embedding = torch.nn.Embedding(self.vocab_size, self.dim, padding_idx=self.pad_id)
-        with torch.no_grad():
-            self.embedding.weight.copy_(torch.randn(self.vocab_size, self.dim, generator=generator))
-
-    def prepare(self, texts):
-        pass
-
-    def tokenizer_fingerprint(self) -> str:
-        return f"hashbag-{self.vocab_size}"
-
-    def tokenize(self, texts, side):
-        # ids 1..vocab-1 from a stable hash of each lowercase word; an empty text becomes [1]
-        def word_id(word):
-            digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
-            return 1 + int.from_bytes(digest, "little") % (self.vocab_size - 1)
-
-        token_ids = []
-        for text in texts:
-            ids = [word_id(word) for word in re.findall(r"[a-z0-9]+", text.lower())][: self.max_seq_len]
-            token_ids.append(np.array(ids or [1], dtype=np.int32))
-        return token_ids
-
-    def forward(self, input_ids, attention_mask, side):
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1)
-        return F.normalize(pooled, dim=-1)
-
-    def save(self, directory: Path) -> None:
-        save_model(self, str(Path(directory) / "model.safetensors"))
-
-    def load(self, directory: Path) -> None:
-        load_model(self, str(Path(directory) / "model.safetensors"))
-
+# wide enough for hashed words to be nearly orthogonal: queries then find the codes sharing their words
+HASHBAG_DIM = 256
 
 PAIRS = [
     ("sort a list in reverse", "def sort_desc(items): return sorted(items, reverse=True)"),
@@ -87,19 +38,17 @@ PAIRS = [
 
 @pytest.fixture
 def pairs_file(tmp_path):
-    path = tmp_path / "val.jsonl"
-    path.write_text("".join(json.dumps({"query": q, "code": c}) + "\n" for q, c in PAIRS) + "\n")
-    return path
+    return write_pairs(tmp_path / "val.jsonl", PAIRS)
 
 
-HASHBAG_PLUGIN = """
+HASHBAG_PLUGIN = f"""
 from dualenc import hookimpl
-from test_evaluate import HashBagEncoder
+from fakes import TinyEncoder
 
 
 @hookimpl
 def register_encoders(register):
-    register("hashbag", HashBagEncoder, description="test encoder")
+    register("hashbag", lambda options: TinyEncoder(dim={HASHBAG_DIM}), description="test encoder")
 """
 
 
@@ -112,12 +61,12 @@ def hashbag_catalog(tmp_path, monkeypatch):
 
 
 def test_test_encoder_is_an_encoder():
-    assert isinstance(HashBagEncoder(), Encoder)
+    assert isinstance(TinyEncoder(dim=HASHBAG_DIM), Encoder)
 
 
 def test_evaluator_end_to_end(pairs_file):
     eval_set = load_eval_set(pairs_file, DataConfig())
-    encoder = HashBagEncoder()
+    encoder = TinyEncoder(dim=HASHBAG_DIM)
     evaluator = MRREvaluator(MRROptions(batch_size=3, chunk_size=2, pool_chunk_size=3))
     metrics = evaluator.evaluate(encoder, eval_set, prefix="val")
     assert evaluator.primary_metric == "mrr"
@@ -134,14 +83,13 @@ def test_evaluator_end_to_end(pairs_file):
 
 
 def test_distractors_join_the_pool(tmp_path, pairs_file):
-    distractors = tmp_path / "distractors.jsonl"
     codes = ["def noise(): pass", PAIRS[0][1], "def noise(): pass", "def more(): return 1"]
-    distractors.write_text("".join(json.dumps({"code": c}) + "\n" for c in codes))
+    distractors = write_jsonl(tmp_path / "distractors.jsonl", [{"code": c} for c in codes])
     evaluator = MRREvaluator(MRROptions(distractors=str(distractors)))
     eval_set = load_eval_set(pairs_file, DataConfig())
     # the copy of a pool code and the repeated distractor are skipped
     assert evaluator.with_distractors(eval_set).pool == [*eval_set.pool, codes[0], codes[3]]
-    assert evaluator.evaluate(HashBagEncoder(), eval_set, prefix="x")["x/pool_size"] == 9
+    assert evaluator.evaluate(TinyEncoder(dim=HASHBAG_DIM), eval_set, prefix="x")["x/pool_size"] == 9
 
     distractors.write_text('{"code": "def f(): pass"}\n{"text": "x"}\n')
     with pytest.raises(DualencError, match=r"distractors\.jsonl:2: field 'code' missing"):
@@ -199,7 +147,9 @@ def test_cli_evaluate_data_json(pairs_file, tmp_path, hashbag_catalog):
         "mrr", "mrr@10", "ndcg@10", "recall@1", "recall@5", "recall@10", "recall@100",
         "mean_rank", "median_rank", "pool_size", "num_queries",
     }  # fmt: skip
-    expected = MRREvaluator().evaluate(HashBagEncoder(), load_eval_set(pairs_file, DataConfig()), prefix="p")
+    expected = MRREvaluator().evaluate(
+        TinyEncoder(dim=HASHBAG_DIM), load_eval_set(pairs_file, DataConfig()), prefix="p"
+    )
     assert report["metrics"]["mrr"] == pytest.approx(expected["p/mrr"])
 
     rows = [json.loads(line) for line in per_query.read_text().splitlines()]
@@ -212,7 +162,7 @@ def test_cli_evaluate_data_json(pairs_file, tmp_path, hashbag_catalog):
 
 
 def test_cli_evaluate_checkpoint_table(pairs_file, tmp_path, hashbag_catalog):
-    save_encoder(HashBagEncoder(), "hashbag", None, tmp_path / "ckpt")
+    save_encoder(TinyEncoder(dim=HASHBAG_DIM), "hashbag", None, tmp_path / "ckpt")
     result = CliRunner().invoke(evaluate, ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(pairs_file)])
     assert result.exit_code == 0, result.output
     assert "val: 7 queries, 7 candidates; encoder hashbag from" in result.output
@@ -236,4 +186,76 @@ def test_cli_needs_one_encoder_and_one_source(args):
 
 def test_one_query_one_code_is_a_perfect_ranking():
     eval_set = EvalSet(name="n", queries=["q"], pool=["c"], relevant=[{0: 1.0}])
-    assert MRREvaluator().evaluate(HashBagEncoder(), eval_set)["val/mrr"] == 1.0
+    assert MRREvaluator().evaluate(TinyEncoder(dim=HASHBAG_DIM), eval_set)["val/mrr"] == 1.0
+
+
+PLAIN_EVALUATOR_PLUGIN = f"""
+import attrs
+from dualenc import hookimpl
+from fakes import TinyEncoder
+
+
+@attrs.frozen
+class CountOptions:
+    batch_size: int = 32
+
+
+class CountEvaluator:
+    primary_metric = "queries"
+
+    def __init__(self, options):
+        self.options = options
+
+    def evaluate(self, encoder, eval_set, prefix="val"):
+        metrics = {{"queries": len(eval_set.queries), "batch_size": self.options.batch_size}}
+        return {{f"{{prefix}}/{{name}}": value for name, value in metrics.items()}}
+
+
+@hookimpl
+def register_encoders(register):
+    register("hashbag", lambda options: TinyEncoder(dim={HASHBAG_DIM}))
+
+
+@hookimpl
+def register_evaluators(register):
+    register("count", CountEvaluator, options=CountOptions)
+"""
+
+
+@pytest.fixture
+def count_evaluator(tmp_path, monkeypatch):
+    """An evaluator with nothing but ``evaluate``, installed next to the test encoder."""
+    modules = {"count_plugin": PLAIN_EVALUATOR_PLUGIN}
+    root = write_distribution(tmp_path / "site", "dualenc-count", "0.1", modules)
+    monkeypatch.syspath_prepend(str(root))
+
+
+def test_cli_evaluate_with_another_evaluator_gets_its_options(pairs_file, count_evaluator):
+    args = ["--encoder", "hashbag", "--evaluator", "count", "--data", str(pairs_file)]
+    result = CliRunner().invoke(evaluate, [*args, "--batch-size", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["metrics"] == {"queries": 7, "batch_size": 7}
+    assert report["seconds"] >= 0
+
+    table = CliRunner().invoke(evaluate, args)
+    assert table.exit_code == 0, table.output
+    assert "val: 7 queries, 7 candidates; encoder hashbag; evaluated in" in table.output
+    assert re.search(r"batch_size\s+32\.0000", table.output)  # the evaluator's own default
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--distractors", "extra.jsonl"],
+            "--distractors: the 'count' evaluator has no 'distractors' option",
+        ),
+        (["--per-query", "rows.jsonl"], "--per-query: the 'count' evaluator does not rank query by query"),
+    ],
+)
+def test_cli_evaluate_refuses_what_the_evaluator_cannot_do(pairs_file, count_evaluator, option, message):
+    args = ["--encoder", "hashbag", "--evaluator", "count", "--data", str(pairs_file), *option]
+    result = CliRunner().invoke(evaluate, args)
+    assert result.exit_code == 2
+    assert message in result.output

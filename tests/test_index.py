@@ -4,81 +4,25 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import sqlite3
-import zlib
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
+from fakes import TinyEncoder, write_jsonl
 
 from dualenc import Retriever
 from dualenc.commands.index import index as index_group
-from dualenc.commands.index import search as search_command
-from dualenc.core.checkpoint import save_encoder
+from dualenc.commands.search import search as search_command
+from dualenc.core.checkpoint import checkpoint_hash, save_encoder
 from dualenc.core.config import RetrievalConfig, RunConfig
 from dualenc.core.encode import encode_texts
-from dualenc.core.index import IndexOptions, build_index, checkpoint_hash, read_queries
+from dualenc.core.index.build import build_index
+from dualenc.core.index.corpus import read_queries
+from dualenc.core.index.options import IndexOptions
 from dualenc.errors import ConfigError, DualencError
-
-
-class HashingEncoder(torch.nn.Module):
-    """A small real encoder: hashed word tokens, an embedding table, mean pooling.
-
-    ``texts_tokenized`` counts every text it was asked to encode.
-    """
-
-    max_seq_len = 64
-    pad_id = 0
-
-    def __init__(self, dim: int = 32, buckets: int = 4096, seed: int = 0):
-        super().__init__()
-        self.dim = dim
-        self.buckets = buckets
-        self.embedding = torch.nn.Embedding(buckets, dim)
-        with torch.no_grad():
-            self.embedding.weight.copy_(
-                torch.randn(buckets, dim, generator=torch.Generator().manual_seed(seed))
-            )
-        self.texts_tokenized = 0
-
-    def prepare(self, texts) -> None:
-        pass
-
-    def tokenizer_fingerprint(self) -> str:
-        return f"hashing-{self.buckets}"
-
-    def tokenize(self, texts, side: str) -> list[np.ndarray]:
-        self.texts_tokenized += len(texts)
-        return [
-            np.array(
-                [1 + zlib.crc32(word.encode()) % (self.buckets - 1) for word in re.findall(r"\w+", text)][
-                    : self.max_seq_len
-                ]
-                or [1],
-                dtype=np.int32,
-            )
-            for text in texts
-        ]
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-    def save(self, directory: Path) -> None:
-        save_file(
-            {"embedding.weight": self.embedding.weight.detach().contiguous()},
-            str(directory / "model.safetensors"),
-        )
-
-    def load(self, directory: Path) -> None:
-        self.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
-
 
 WORDS = [f"w{i}" for i in range(400)]
 
@@ -96,14 +40,9 @@ def make_records(count: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
 @pytest.fixture
-def encoder() -> HashingEncoder:
-    return HashingEncoder()
+def encoder() -> TinyEncoder:
+    return TinyEncoder()
 
 
 @pytest.fixture
@@ -200,8 +139,7 @@ def test_tuning_on_real_queries_meets_the_target_for_queries_like_them(tmp_path,
     corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
     # short queries (3 words) sit far from every code vector (8 words), as natural language does
     queries = [" ".join(random.Random(i).sample(WORDS, 3)) for i in range(600)]
-    tune_file = tmp_path / "queries.jsonl"
-    tune_file.write_text("".join(json.dumps({"query": q, "extra": 1}) + "\n" for q in queries[:300]))
+    tune_file = write_jsonl(tmp_path / "queries.jsonl", [{"query": q, "extra": 1} for q in queries[:300]])
     out = tmp_path / "kb"
     build(corpus, out, checkpoint, encoder, exact_threshold=500, tune_queries=str(tune_file))
 
@@ -337,7 +275,7 @@ def built(tmp_path, encoder, checkpoint) -> Path:
 @pytest.fixture
 def other_checkpoint(tmp_path) -> Path:
     directory = tmp_path / "other-encoder"
-    save_encoder(HashingEncoder(seed=1), "test-hashing", None, directory)
+    save_encoder(TinyEncoder(seed=1), "test-hashing", None, directory)
     return directory
 
 
@@ -488,7 +426,7 @@ def test_build_and_search_commands(tmp_path, hf_checkpoint, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "send_email" in result.stdout and "  -  7" in result.stdout
 
-    monkeypatch.setattr("dualenc.commands.index._rich_printer", lambda: None)  # as without rich
+    monkeypatch.setattr("dualenc.commands.search._rich_printer", lambda: None)  # as without rich
     result = runner.invoke(
         search_command, ["--index", str(out), "read a csv file", "-k", "1", "--max-lines", "1"]
     )

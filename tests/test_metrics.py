@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from dualenc.core.metrics import rank_pool
 from dualenc.errors import DualencError
+from dualenc.plugins.evaluators.metrics import rank_pool
 
 # query [1, 0] scores the pool 0.5, 1.0, 0.5, 0.25: items 0 and 2 tie, exactly in float32
 QUERY = np.array([[1.0, 0.0]], dtype=np.float32)

@@ -3,82 +3,19 @@
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from fakes import TinyEncoder, write_pairs
 
 from dualenc.core.config import DataConfig
-from dualenc.core.data import PairSet, load_pair_set, normalised_code_key
+from dualenc.core.data.keys import normalised_code_key
+from dualenc.core.data.pairset import PairSet, load_pair_set
 from dualenc.plugins.miners.bm25 import BM25Miner, BM25MinerOptions, TermWeights, code_words
 from dualenc.plugins.miners.faiss import FaissMiner, FaissMinerOptions, ivf_parameters
 from dualenc.plugins.miners.random import RandomMiner, RandomMinerOptions
-
-
-class HashingEncoder(torch.nn.Module):
-    """A small real encoder: hashed words -> embeddings -> masked mean -> linear -> unit vector."""
-
-    def __init__(self, dim: int = 16, vocab_size: int = 1024, max_seq_len: int = 32, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.dim, self.max_seq_len, self.pad_id, self.vocab_size = dim, max_seq_len, 0, vocab_size
-        self.embedding = torch.nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.projection = torch.nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.embedding.weight.copy_(torch.randn(vocab_size, dim, generator=generator))
-            self.projection.weight.copy_(torch.randn(dim, dim, generator=generator) / dim**0.5)
-
-    def prepare(self, texts) -> None:
-        pass
-
-    def tokenizer_fingerprint(self) -> str:
-        return f"hashing-{self.vocab_size}-{self.max_seq_len}"
-
-    def tokenize(self, texts, side):
-        return [
-            np.array(
-                [1 + zlib.crc32(word.encode()) % (self.vocab_size - 1) for word in code_words(text)][
-                    : self.max_seq_len
-                ]
-                or [1],
-                dtype=np.int32,
-            )
-            for text in texts
-        ]
-
-    def forward(self, input_ids, attention_mask, side):
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return F.normalize(self.projection(pooled), dim=-1)
-
-    def save(self, directory: Path) -> None:
-        torch.save(self.state_dict(), Path(directory) / "model.pt")
-
-    def load(self, directory: Path) -> None:
-        self.load_state_dict(torch.load(Path(directory) / "model.pt"))
-
-
-class TableEncoder(HashingEncoder):
-    """Text ``v<i>`` encodes to row i of a fixed table: scores known in advance."""
-
-    def __init__(self, table: np.ndarray):
-        torch.nn.Module.__init__(self)
-        self.table = torch.nn.Parameter(torch.from_numpy(table.astype(np.float32)), requires_grad=False)
-        self.dim, self.max_seq_len, self.pad_id, self.vocab_size = table.shape[1], 4, 0, len(table)
-
-    def tokenize(self, texts, side):
-        return [np.array([int(text[1:])], dtype=np.int32) for text in texts]
-
-    def forward(self, input_ids, attention_mask, side):
-        return self.table[input_ids[:, 0]]
-
-
-def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    path.write_text("".join(json.dumps({"query": q, "code": c}) + "\n" for q, c in pairs))
-    return path
 
 
 def load_pairs(tmp_path: Path, pairs: list[tuple[str, str]], encoder) -> PairSet:
@@ -119,7 +56,7 @@ def synthetic_pairs() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def encoder():
-    return HashingEncoder()
+    return TinyEncoder()
 
 
 @pytest.fixture
@@ -191,7 +128,7 @@ def test_identifier_clones_are_excluded_only_with_the_option(
 MARGIN_CASE_SCORES = [0.95, 0.89, 0.87, 0.86, 0.84, 0.80, 0.60, 0.30]
 
 
-def margin_case(tmp_path) -> tuple[PairSet, TableEncoder]:
+def margin_case(tmp_path) -> tuple[PairSet, TinyEncoder]:
     """Query 0 scores 0.9 with its code and the listed scores with codes 1..8.
 
     Queries 1..8 are one text (one query key), so their only candidate is code 0, which
@@ -204,7 +141,7 @@ def margin_case(tmp_path) -> tuple[PairSet, TableEncoder]:
     table[9] = [0, 0, 1]  # the query of pairs 1..8
     table[10] = [1, 0, 0]  # query 0
     pairs = [("v10", "v0")] + [("v9", f"v{j}") for j in range(1, 9)]
-    encoder = TableEncoder(table)
+    encoder = TinyEncoder(word_vectors={f"v{i}": row for i, row in enumerate(table)})
     return load_pairs(tmp_path, pairs, encoder), encoder
 
 
@@ -355,7 +292,7 @@ def test_manifest_explains_the_round(corpus, encoder, tmp_path):
     assert metrics["mining/seconds"] >= metrics["mining/encode_seconds"] + metrics["mining/search_seconds"]
 
     # a changed model is a different round: the weights hash says so
-    miner.mine(HashingEncoder(seed=1), corpus, 500, tmp_path)
+    miner.mine(TinyEncoder(seed=1), corpus, 500, tmp_path)
     later = json.loads((tmp_path / "mining" / "round-0000500.json").read_text())
     assert later["encoder_sha256"] != manifest["encoder_sha256"]
     assert later["corpus_sha256"] == manifest["corpus_sha256"]

@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
-from plugin_dist import write_distribution
+from fakes import write_distribution
 
 from dualenc.cli import cli
-from dualenc.commands.plugins_new import COMPONENTS, package_files
+from dualenc.commands.plugins_new import SCAFFOLD_KINDS, package_files
 from dualenc.errors import DualencError
 from dualenc.registry import load_catalog
 from dualenc.registry.kinds import KINDS
@@ -133,6 +134,66 @@ def test_plugins_list_text_names_distribution_version_and_error(broken_distribut
     assert "loss still_works dualenc-broken 0.2.0 A sound sibling." in rows
 
 
+COMMANDS = {
+    "adds_a_command": """
+        import click
+        from dualenc import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command("hello")
+            def hello():
+                click.echo("hello from a plugin")
+        """,
+    "raises_adding_commands": """
+        from dualenc import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command("half-added")
+            def half_added():
+                pass
+
+            raise RuntimeError("cannot reach the licence server")
+        """,
+}
+
+
+@pytest.fixture
+def command_plugins(tmp_path, monkeypatch):
+    root = write_distribution(tmp_path / "site", "dualenc-commands", "0.4.0", COMMANDS)
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    for name in COMMANDS:
+        sys.modules.pop(name, None)
+
+
+def test_a_raising_register_commands_is_a_broken_plugin_and_adds_nothing(command_plugins):
+    group = click.Group()
+    problems = [p for p in load_catalog(cli=group).problems if p.distribution == "dualenc-commands"]
+    assert [(p.entry_point, p.error) for p in problems] == [
+        ("raises_adding_commands", "RuntimeError: cannot reach the licence server")
+    ]
+    assert sorted(group.commands) == ["hello"]
+
+
+def test_the_command_line_starts_with_it_and_lists_it(command_plugins):
+    environment = {**os.environ, "PYTHONPATH": str(command_plugins)}
+    dualenc = [sys.executable, "-m", "dualenc"]
+    listing = subprocess.run(
+        [*dualenc, "plugins", "list", "--json"], capture_output=True, text=True, env=environment
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert {
+        "entry_point": "raises_adding_commands",
+        "package": "dualenc-commands",
+        "version": "0.4.0",
+        "error": "RuntimeError: cannot reach the licence server",
+    } in json.loads(listing.stdout)["broken"]
+    hello = subprocess.run([*dualenc, "hello"], capture_output=True, text=True, env=environment)
+    assert (hello.returncode, hello.stdout) == (0, "hello from a plugin\n")
+
+
 def test_selecting_what_a_broken_plugin_would_provide_names_it_and_its_error(broken_distribution):
     result = CliRunner().invoke(cli, ["config", "validate", "--plugin", "loss=future"])
     assert result.exit_code == 2
@@ -156,7 +217,7 @@ def test_selecting_what_a_broken_plugin_would_provide_names_it_and_its_error(bro
 
 
 def test_plugins_new_knows_every_kind():
-    assert list(COMPONENTS) == list(KINDS)
+    assert list(SCAFFOLD_KINDS) == list(KINDS)
 
 
 def test_plugins_new_refuses_a_bad_name_a_taken_name_and_a_full_directory(tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from plugin_dist import write_distribution
+from fakes import write_distribution
 
 from dualenc.cli import cli
 from dualenc.core.configio import load_config
@@ -17,7 +17,7 @@ THROWAWAY = """
 import attrs
 import torch
 from dualenc import hookimpl
-from dualenc.core.config import greater_than
+from dualenc import greater_than
 
 
 @attrs.frozen

@@ -8,86 +8,35 @@ import sys
 import textwrap
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from plugin_dist import write_distribution
+from fakes import logged_losses, tiny_config, write_distribution, write_pairs
 
-from dualenc.core import checkpoint, data
+from dualenc.core import checkpoint
 from dualenc.core.configio import dump_yaml, load_config, unstructure
-from dualenc.core.loop import encode_contrastive_batch, encode_side, grad_cache_step, train
+from dualenc.core.data.pairset import load_pair_set
+from dualenc.core.data.records import read_training_texts
+from dualenc.core.data.sampler import length_groups
+from dualenc.core.loop import train
+from dualenc.core.step import encode_contrastive_batch, encode_side, grad_cache_step
 from dualenc.errors import DualencError
 from dualenc.registry import load_catalog
-
-WORDS = ["sort", "parse", "read", "write", "open", "close", "join", "split"]
-WORDS += ["merge", "find", "count", "load", "save", "send", "walk", "copy"]
-
-
-def write_pairs(path: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    with open(path, "w") as out:
-        for i in range(n):
-            verb, noun = rng.choice(WORDS), rng.choice(["file", "list", "text", "tree", "url", "bytes"])
-            body = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 30))))
-            code = f"def {verb}_{noun}_{i}(x):\n    # {body}\n    return {verb}(x, '{noun}')\n"
-            out.write(json.dumps({"query": f"{verb} the {noun} number {i}", "code": code}) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def pair_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root / "train.jsonl", 96, 0), write_pairs(root / "val.jsonl", 24, 1)
-
-
-def tiny_config(tmp_path, pair_files, **train):
-    train_file, val_file = pair_files
-    settings = {
-        "batch_size": 8,
-        "learning_rate": 1e-3,
-        "max_steps": 6,
-        "warmup_steps": 2,
-        "eval_interval": 3,
-        "save_interval": 3,
-        "log_interval": 1,
-        "seed": 3,
-        "precision": "fp32",
-        **train,
-    }
-    return load_config(
-        data={
-            "plugins": {"encoder": "transformer", "trackers": []},
-            "encoder": {"vocab_size": 300, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 48},
-            "data": {
-                "train_file": str(train_file),
-                "val_file": str(val_file),
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "train": settings,
-            "output_dir": str(tmp_path / "run"),
-        }
-    )
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, pair_files):
     whole = tiny_config(tmp_path / "a", pair_files)
     result = train(whole)
     assert result.status == "finished" and result.step == 6
-    expected = losses(tmp_path / "a" / "run")
+    expected = logged_losses(tmp_path / "a" / "run")
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
 
     split = tiny_config(tmp_path / "b", pair_files)
     assert train(split, stop_after=2).status == "stopped"
     resumed = train(split, resume_from=tmp_path / "b" / "run" / "last")
     assert resumed.step == 6
-    got = losses(tmp_path / "b" / "run")
+    got = logged_losses(tmp_path / "b" / "run")
     assert got == pytest.approx(expected, abs=1e-5)
 
     best = checkpoint.resolve(tmp_path / "a" / "run" / "encoder-best-mrr")
@@ -118,8 +67,8 @@ def test_grad_cache_gives_the_unchunked_loss_and_gradients(tmp_path, pair_files)
     config = tiny_config(tmp_path, pair_files)
     catalog = load_catalog()
     encoder = catalog.get("encoder", "transformer").create(config.encoder)
-    encoder.prepare(data.read_training_texts(config.data.train_file, config.data))
-    pairs = data.load_pair_set(config.data.train_file, config.data, encoder)
+    encoder.prepare(read_training_texts(config.data.train_file, config.data))
+    pairs = load_pair_set(config.data.train_file, config.data, encoder)
     loss_fn = catalog.get("loss", "infonce").create(config.loss)
     ids = np.arange(16)
     negatives = np.stack([(ids + 20) % len(pairs), np.full(16, -1)], axis=1)  # with mined negatives
@@ -141,18 +90,16 @@ def test_grad_cache_gives_the_unchunked_loss_and_gradients(tmp_path, pair_files)
 
 
 def test_length_grouped_encoding_equals_one_padded_batch(tmp_path, pair_files):
-    varied = tmp_path / "varied.jsonl"
-    with open(varied, "w") as out:  # a few long codes among short ones, as in a real batch
-        for i in range(24):
-            terms = 30 if i % 8 == 0 else 1 + i % 3
-            code = f"def f{i}(x):\n    return " + " + ".join(["x"] * terms)
-            out.write(json.dumps({"query": f"sum {i}", "code": code}) + "\n")
+    # a few long codes among short ones, as in a real batch
+    terms = [30 if i % 8 == 0 else 1 + i % 3 for i in range(24)]
+    codes = [f"def f{i}(x):\n    return " + " + ".join(["x"] * n) for i, n in enumerate(terms)]
+    varied = write_pairs(tmp_path / "varied.jsonl", [(f"sum {i}", code) for i, code in enumerate(codes)])
     config = tiny_config(tmp_path, (varied, pair_files[1]))
     encoder = load_catalog().get("encoder", "transformer").create(config.encoder)
-    encoder.prepare(data.read_training_texts(config.data.train_file, config.data))
-    pairs = data.load_pair_set(config.data.train_file, config.data, encoder)
+    encoder.prepare(read_training_texts(config.data.train_file, config.data))
+    pairs = load_pair_set(config.data.train_file, config.data, encoder)
     ids = np.arange(24)
-    assert len(data.length_groups(pairs.code_ids.lengths[ids])) > 1  # the case under test
+    assert len(length_groups(pairs.code_ids.lengths[ids])) > 1  # the case under test
     encoder.eval()
     weights = torch.randn(len(ids), encoder.dim)
     grouped = encode_side(encoder, pairs, ids, "code", torch.device("cpu"))

@@ -1,31 +1,72 @@
 """dualenc: dual encoders for natural-language -> code search.
 
-Public surface: ``hookimpl`` for plugin authors, ``load_config``, ``Retriever``.
+Everything a user or a plugin author imports is a name of this package; what lives under
+``dualenc.core`` may change without notice. Names are imported on first use, so
+``import dualenc`` loads neither torch nor faiss.
+
+- Plugin authors: ``hookimpl``, ``Register`` (the callback every component hook receives),
+  the protocols ``Encoder``, ``Loss``, ``Miner``, ``Evaluator``, ``Tracker``, the records
+  ``ContrastiveBatch``, ``EvalSet`` and ``PairSet``, the option validators ``at_least``,
+  ``at_most``, ``greater_than``, ``one_of``, ``non_empty``, and ``encode_texts`` /
+  ``encode_token_ids`` for encoding many texts the way evaluation and mining do, the dedup
+  keys ``query_key`` and ``normalised_code_key``, and ``read_codes`` (a JSONL file's codes).
+  ``load_catalog()`` finds every installed component (a plugin's tests use it).
+  ``dualenc.dropout`` holds the CPU dropout the built-in encoders use.
+- Users: ``load_config``, ``Retriever`` and ``Hit``; errors ``DualencError``, ``ConfigError``.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-
-from dualenc.registry.hookspecs import hookimpl
 
 try:
     __version__ = version("dualenc")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
+# public name -> the module that defines it
+_PUBLIC = {
+    "hookimpl": "dualenc.registry.hookspecs",
+    "API_VERSION": "dualenc.registry.hookspecs",
+    "Register": "dualenc.registry.hookspecs",
+    "load_catalog": "dualenc.registry.catalog",
+    "Catalog": "dualenc.registry.catalog",
+    "Encoder": "dualenc.registry.kinds",
+    "Loss": "dualenc.registry.kinds",
+    "Miner": "dualenc.registry.kinds",
+    "Evaluator": "dualenc.registry.kinds",
+    "Tracker": "dualenc.registry.kinds",
+    "ContrastiveBatch": "dualenc.registry.kinds",
+    "EvalSet": "dualenc.registry.kinds",
+    "SIDES": "dualenc.registry.kinds",
+    "at_least": "dualenc.validators",
+    "at_most": "dualenc.validators",
+    "greater_than": "dualenc.validators",
+    "one_of": "dualenc.validators",
+    "non_empty": "dualenc.validators",
+    "DualencError": "dualenc.errors",
+    "ConfigError": "dualenc.errors",
+    "load_config": "dualenc.core.configio",
+    "PairSet": "dualenc.core.data.pairset",
+    "query_key": "dualenc.core.data.keys",
+    "normalised_code_key": "dualenc.core.data.keys",
+    "read_codes": "dualenc.core.data.evalsets",
+    "encode_texts": "dualenc.core.encode",
+    "encode_token_ids": "dualenc.core.encode",
+    "Retriever": "dualenc.retriever",
+    "Hit": "dualenc.retriever",
+}
 
-def load_config(*args, **kwargs):
-    """Load and validate a run config; see ``dualenc.core.configio.load_config``."""
-    from dualenc.core.configio import load_config as _load_config
 
-    return _load_config(*args, **kwargs)
-
-
-def __getattr__(name):
-    if name == "Retriever":  # imported lazily: it pulls in torch and faiss
-        from dualenc.core.index import Retriever
-
-        return Retriever
-    raise AttributeError(name)
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dualenc' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
-__all__ = ["Retriever", "__version__", "hookimpl", "load_config"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = ["__version__", *_PUBLIC]

@@ -20,8 +20,8 @@ import sys
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fakes import write_pairs
 
 try:
     md.distribution("dualenc-wandb")
@@ -35,10 +35,9 @@ import wandb  # noqa: E402
 from dualenc_wandb.plugin import WandbOptions, WandbTracker, resolve_mode  # noqa: E402
 from wandb.proto.wandb_internal_pb2 import Record  # noqa: E402
 
-from dualenc.core.configio import load_config, unstructure  # noqa: E402
+from dualenc import ConfigError, load_catalog, load_config  # noqa: E402
+from dualenc.core.configio import unstructure  # noqa: E402
 from dualenc.core.loop import train  # noqa: E402
-from dualenc.errors import ConfigError  # noqa: E402
-from dualenc.registry import load_catalog  # noqa: E402
 
 FILE_HEADER = struct.Struct("<4sHB")  # ident, magic, version
 CHUNK_HEADER = struct.Struct("<IHB")  # crc32, payload length, chunk type
@@ -150,18 +149,6 @@ def offline_wandb(tmp_path, monkeypatch):
     ]:
         (tmp_path / folder).mkdir()
         monkeypatch.setenv(variable, str(tmp_path / folder))
-
-
-def write_pairs(path: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    words = ["sort", "parse", "read", "write", "open", "close", "join", "split", "merge", "find"]
-    with open(path, "w") as out:
-        for i in range(n):
-            verb, noun = rng.choice(words), rng.choice(["file", "list", "text", "tree", "url"])
-            body = " ".join(rng.choice(words, size=int(rng.integers(3, 20))))
-            code = f"def {verb}_{noun}_{i}(x):\n    # {body}\n    return {verb}(x, '{noun}')\n"
-            out.write(json.dumps({"query": f"{verb} the {noun} number {i}", "code": code}) + "\n")
-    return path
 
 
 def jsonl_by_step(run_dir: Path) -> dict[int, dict]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import click
+
+from dualenc.core.extract import ExtractOptions, extract_pairs
+
+# the defaults shown and used are the options class's
+DEFAULTS = attrs.fields(ExtractOptions)
 
 
 @click.group()
@@ -23,17 +29,19 @@ def data():
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for train.jsonl, val.jsonl and stats.json.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the train/validation split.")
+@click.option(
+    "--seed", default=DEFAULTS.seed.default, show_default=True, help="Seed of the train/validation split."
+)
 @click.option(
     "--val-fraction",
-    default=0.1,
+    default=DEFAULTS.val_fraction.default,
     show_default=True,
     type=click.FloatRange(0.0, 0.9),
     help="Share of pairs for validation; whole source files move together.",
 )
 @click.option(
     "--min-lines",
-    default=3,
+    default=DEFAULTS.min_lines.default,
     show_default=True,
     type=click.IntRange(min=1),
     help="Skip functions with fewer lines of code (docstring, blank and comment lines not counted).",
@@ -46,8 +54,6 @@ def data_extract(sources, out_dir, seed, val_fraction, min_lines, keep_docstring
     function without its docstring. Tests, vendored and generated code are skipped, and
     pairs are split into train and validation by source file.
     """
-    from dualenc.core.extract import ExtractOptions, extract_pairs
-
     options = ExtractOptions(
         min_lines=min_lines, keep_docstring=keep_docstring, val_fraction=val_fraction, seed=seed
     )

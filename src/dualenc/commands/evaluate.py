@@ -1,15 +1,40 @@
-"""``dualenc evaluate``: exact ranking metrics of an encoder on a JSONL file or on CoSQA."""
+"""``dualenc evaluate``: an evaluator's metrics for an encoder on a JSONL file or on CoSQA.
+
+The evaluator comes from the catalog (``--evaluator``; by default the config's, ``mrr``) with
+its options' defaults, ``--batch-size`` and ``--distractors`` set on top when given. One that
+also ranks query by query (``run(encoder, eval_set, top_k)``, as ``mrr`` does) gives the whole
+report: the time to encode and to score, and each query's rank (``--per-query``). Any other
+is reported by the metrics its ``evaluate`` returns and the time it took.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import attrs
 import click
 
-from dualenc.core.benchmarks import COSQA_DIR_ENV, COSQA_SPLITS
+from dualenc.cli_options import current_catalog
+from dualenc.core.config import PluginSelection
+from dualenc.core.data.evalsets import COSQA_DIR_ENV, COSQA_SPLITS
+from dualenc.registry.kinds import EvalSet
 
 TOP_IDS = 5
+PREFIX = "eval"  # of the metric names a plain evaluator returns; not shown
+# how the report's header names the time each key measured
+PHASES = {"encode_seconds": "encoded", "score_seconds": "scored", "seconds": "evaluated"}
+
+
+@attrs.frozen
+class Outcome:
+    """What one evaluation gives the report."""
+
+    eval_set: EvalSet  # as evaluated: the pool may have grown by distractors
+    metrics: dict[str, float]
+    seconds: dict[str, float]  # keys of PHASES
+    per_query: list[dict] | None
 
 
 @click.command("evaluate")
@@ -23,6 +48,14 @@ TOP_IDS = 5
     "encoder_name",
     metavar="NAME",
     help="A registered encoder built with its default options, e.g. 'hf' for the pretrained baseline.",
+)
+@click.option(
+    "--evaluator",
+    "evaluator_name",
+    metavar="NAME",
+    default=attrs.fields(PluginSelection).evaluator.default,
+    show_default=True,
+    help="A registered evaluator, built with its default options and those below.",
 )
 @click.option(
     "--data",
@@ -39,7 +72,12 @@ TOP_IDS = 5
 @click.option(
     "--distractors", type=click.Path(dir_okay=False), help="JSONL of extra pool codes (field 'code')."
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Texts per encoder forward pass (default: the evaluator's own).",
+)
 @click.option("--device", default="auto", show_default=True, help="'auto' takes CUDA when there is one.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option(
@@ -50,6 +88,7 @@ TOP_IDS = 5
 def evaluate(
     checkpoint,
     encoder_name,
+    evaluator_name,
     data,
     benchmark,
     split,
@@ -61,7 +100,7 @@ def evaluate(
     per_query,
 ):
     """Rank every query against the full pool: MRR, NDCG@10, Recall@k, ranks."""
-    from dualenc.plugins.evaluators.mrr import MRREvaluator, MRROptions
+    from dualenc.core.device import resolve_device
 
     if (checkpoint is None) == (encoder_name is None):
         raise click.UsageError("give exactly one of --checkpoint and --encoder")
@@ -69,28 +108,32 @@ def evaluate(
         raise click.UsageError("give exactly one of --data and --benchmark")
 
     eval_set = _eval_set(data, benchmark, split, benchmark_dir)
-    evaluator = MRREvaluator(MRROptions(batch_size=batch_size, distractors=distractors))
+    given = {"batch_size": batch_size, "distractors": distractors}
+    evaluator = _evaluator(evaluator_name, {key: value for key, value in given.items() if value is not None})
+    if per_query and not hasattr(evaluator, "run"):
+        raise click.UsageError(f"--per-query: the {evaluator_name!r} evaluator does not rank query by query")
     encoder, encoder_label = _encoder(checkpoint, encoder_name)
-    encoder.to(_device(device))
-    evaluation = evaluator.run(encoder, eval_set, top_k=TOP_IDS if per_query else 0)
-    metrics = evaluation.rankings.metrics()
+    encoder.to(resolve_device(device))
+    outcome = _run(evaluator, encoder, eval_set, per_query is not None)
 
     if per_query:
-        _write_per_query(per_query, evaluation)
+        with open(per_query, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(row) + "\n" for row in outcome.per_query)
+    metrics = outcome.metrics
     report = {
-        "eval_set": evaluation.eval_set.name,
+        "eval_set": outcome.eval_set.name,
         "encoder": encoder_label,
         "metrics": metrics,
-        "encode_seconds": round(evaluation.encode_seconds, 3),
-        "score_seconds": round(evaluation.score_seconds, 3),
+        **{key: round(seconds, 3) for key, seconds in outcome.seconds.items()},
     }
     if as_json:
         click.echo(json.dumps(report))
         return
+    queries = metrics.get("num_queries", len(outcome.eval_set.queries))
+    pool = metrics.get("pool_size", len(outcome.eval_set.pool))
+    timing = ", ".join(f"{PHASES[key]} in {seconds:.1f} s" for key, seconds in outcome.seconds.items())
     click.echo(
-        f"{report['eval_set']}: {metrics['num_queries']} queries, {metrics['pool_size']} candidates; "
-        f"encoder {encoder_label}; encoded in {evaluation.encode_seconds:.1f} s, "
-        f"scored in {evaluation.score_seconds:.1f} s"
+        f"{report['eval_set']}: {queries} queries, {pool} candidates; encoder {encoder_label}; {timing}"
     )
     for name, value in metrics.items():
         if name not in ("num_queries", "pool_size"):
@@ -98,13 +141,22 @@ def evaluate(
 
 
 def _eval_set(data, benchmark, split, benchmark_dir):
-    from dualenc.core.benchmarks import default_cosqa_dir, load_cosqa
     from dualenc.core.config import DataConfig
-    from dualenc.core.data import load_eval_set
+    from dualenc.core.data.evalsets import default_cosqa_dir, load_cosqa, load_eval_set
 
     if data is not None:  # the same pool and relevance as val/ metrics during training
         return load_eval_set(data, DataConfig(), name=Path(data).stem)
     return load_cosqa(benchmark_dir or default_cosqa_dir(), split)
+
+
+def _evaluator(name: str, given: dict):
+    """The evaluator ``name``, its options the defaults but for ``given`` (option name -> value)."""
+    component = current_catalog().get("evaluator", name)
+    fields = attrs.fields_dict(component.options) if component.options is not None else {}
+    for key in given:
+        if key not in fields:
+            raise click.UsageError(f"--{key.replace('_', '-')}: the {name!r} evaluator has no {key!r} option")
+    return component.create(component.options(**given) if component.options is not None else None)
 
 
 def _encoder(checkpoint, encoder_name):
@@ -112,36 +164,36 @@ def _encoder(checkpoint, encoder_name):
     if checkpoint is not None:
         from dualenc.core.checkpoint import load_encoder
 
-        encoder, plugin, _ = load_encoder(checkpoint)
+        encoder, plugin, _ = load_encoder(checkpoint, current_catalog())
         return encoder, f"{plugin} from {checkpoint}"
-    from dualenc.registry import load_catalog
-
-    component = load_catalog().get("encoder", encoder_name)
-    options = component.options() if component.options is not None else None
-    return component.create(options), encoder_name
+    return current_catalog().get("encoder", encoder_name).create(), encoder_name
 
 
-def _device(name: str):
-    import torch
+def _run(evaluator, encoder, eval_set: EvalSet, per_query: bool) -> Outcome:
+    """Evaluate; an evaluator that ranks query by query (``run``) also gives each phase's time
+    and, when ``per_query``, one row per query."""
+    if hasattr(evaluator, "run"):  # it ranks query by query and times each phase
+        evaluation = evaluator.run(encoder, eval_set, top_k=TOP_IDS if per_query else 0)
+        seconds = {"encode_seconds": evaluation.encode_seconds, "score_seconds": evaluation.score_seconds}
+        rows = _per_query_rows(evaluation) if per_query else None
+        return Outcome(evaluation.eval_set, evaluation.rankings.metrics(), seconds, rows)
+    started = time.perf_counter()
+    metrics = evaluator.evaluate(encoder, eval_set, prefix=PREFIX)
+    seconds = {"seconds": time.perf_counter() - started}
+    unprefixed = {name.removeprefix(f"{PREFIX}/"): value for name, value in metrics.items()}
+    return Outcome(eval_set, unprefixed, seconds, None)
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise click.BadParameter(str(exc), param_hint="--device") from None
 
-
-def _write_per_query(path: Path, evaluation) -> None:
+def _per_query_rows(evaluation) -> list[dict]:
     rankings = evaluation.rankings
     first = rankings.first_ranks()
-    with open(path, "w", encoding="utf-8") as out:
-        for index, query in enumerate(evaluation.eval_set.queries):
-            row = {
-                "query": query,
-                "rank": int(first[index]),
-                "reciprocal_rank": 1.0 / float(first[index]),
-                "gold_ids": rankings.gold_ids(index),
-                "top_ids": rankings.top_ids[index].tolist(),
-            }
-            out.write(json.dumps(row) + "\n")
+    return [
+        {
+            "query": query,
+            "rank": int(first[index]),
+            "reciprocal_rank": 1.0 / float(first[index]),
+            "gold_ids": rankings.gold_ids(index),
+            "top_ids": rankings.top_ids[index].tolist(),
+        }
+        for index, query in enumerate(evaluation.eval_set.queries)
+    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dualenc.cli_options import config_option, plugin_option, set_option
+from dualenc.cli_options import config_option, current_catalog, plugin_option, set_option
 
 
 @click.command()
@@ -34,8 +34,9 @@ def train(config_path, plugins, sets, resume_from, stop_after):
     from dualenc.core.loop import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config(config_path, plugins=list(plugins), sets=list(sets))
-    result = run_training(config, resume_from=resume_from, stop_after=stop_after)
+    catalog = current_catalog()
+    config = load_config(config_path, plugins=list(plugins), sets=list(sets), catalog=catalog)
+    result = run_training(config, resume_from=resume_from, stop_after=stop_after, catalog=catalog)
     best = f"{result.best_metric:.4f}" if result.best_metric is not None else "n/a"
     click.echo(f"{result.status} at step {result.step}; best val metric {best}")
     click.echo(f"last checkpoint: {result.last_checkpoint}")

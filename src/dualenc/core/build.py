@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
 
+from dualenc.core import checkpoint
 from dualenc.core.config import RunConfig
+from dualenc.errors import DualencError
 from dualenc.registry.catalog import Catalog
-
-ALWAYS_ON_TRACKERS = ("jsonl",)
 
 
 @attrs.define
@@ -21,20 +22,35 @@ class Components:
     trackers: list[Any]
 
 
-def build_encoder(config: RunConfig, catalog: Catalog):
-    return catalog.get("encoder", config.plugins.encoder).create(config.encoder)
+def build_encoder(config: RunConfig, catalog: Catalog, checkpoint_dir: Path | None = None):
+    """The configured encoder; from ``checkpoint_dir``, the one saved there (architecture,
+    weights, tokenizer), which must be of the configured plugin."""
+    if checkpoint_dir is None:
+        return catalog.get("encoder", config.plugins.encoder).create(config.encoder)
+    checkpoint_dir = checkpoint.resolve(Path(checkpoint_dir))
+    encoder, plugin, _ = checkpoint.load_encoder(checkpoint_dir, catalog)
+    if plugin != config.plugins.encoder:
+        raise DualencError(
+            f"{checkpoint_dir}: checkpoint holds a {plugin!r} encoder but the config selects "
+            f"{config.plugins.encoder!r}"
+        )
+    return encoder
 
 
-def build(config: RunConfig, catalog: Catalog, encoder=None) -> Components:
-    """Create every selected component; ``encoder`` replaces the configured one (resume)."""
-    tracker_names = [
-        *ALWAYS_ON_TRACKERS,
-        *(n for n in config.plugins.trackers if n not in ALWAYS_ON_TRACKERS),
-    ]
+def tracker_names(config: RunConfig, catalog: Catalog) -> list[str]:
+    """The always-on trackers, then the selected ones."""
+    always = [c.name for c in catalog.of_kind("tracker") if c.always_on]
+    return [*always, *(name for name in config.plugins.trackers if name not in always)]
+
+
+def build(config: RunConfig, catalog: Catalog, checkpoint_dir: Path | None = None) -> Components:
+    """Create every selected component; the encoder from ``checkpoint_dir`` when given."""
     return Components(
-        encoder=encoder if encoder is not None else build_encoder(config, catalog),
+        encoder=build_encoder(config, catalog, checkpoint_dir),
         loss=catalog.get("loss", config.plugins.loss).create(config.loss),
         miner=catalog.get("miner", config.plugins.miner).create(config.miner),
         evaluator=catalog.get("evaluator", config.plugins.evaluator).create(config.evaluator),
-        trackers=[catalog.get("tracker", n).create(config.trackers.get(n)) for n in tracker_names],
+        trackers=[
+            catalog.get("tracker", n).create(config.trackers.get(n)) for n in tracker_names(config, catalog)
+        ],
     )

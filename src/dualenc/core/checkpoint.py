@@ -7,7 +7,9 @@ tokenizer.json) plus ``encoder.json``: the plugin name and its resolved options,
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,7 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dualenc import __version__
+from dualenc.core.io import fsync_tree, old_twin, replace_dir
 from dualenc.errors import DualencError
+
+log = logging.getLogger("dualenc.train")
 
 ENCODER_CONFIG = "encoder.json"
 
@@ -82,59 +87,29 @@ def load_encoder(directory: Path, catalog=None):
 TRAINER_TENSORS = "trainer_state.safetensors"
 TRAINER_JSON = "trainer_state.json"
 RUN_CONFIG = "config.yaml"
-BEST_NAME = "encoder-best-mrr"
 LAST_NAME = "last"
 
 
-def _old(target: Path) -> Path:
-    return target.with_name(f".{target.name}.old")
+def best_name(metric: str) -> str:
+    """The folder of the best checkpoint by the evaluator's primary ``metric``:
+    ``encoder-best-mrr`` for mrr, the path the seed's stage two resumes from."""
+    return f"encoder-best-{metric}"
 
 
 def resolve(directory: Path) -> Path:
     """The checkpoint at ``directory``, or its previous version if a save was cut short
-    between moving the old copy aside and moving the new one in."""
+    between moving the old copy aside and moving the new one in (see ``io.replace_dir``)."""
     directory = Path(directory)
-    if not directory.exists() and _old(directory).is_dir():
-        return _old(directory)
+    if not directory.exists() and old_twin(directory).is_dir():
+        return old_twin(directory)
     return directory
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_dir():
-            _fsync_tree(path)
-            continue
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _install(tmp: Path, target: Path) -> None:
-    """Move a complete ``tmp`` directory to ``target``, replacing it. At every instant
-    either ``target`` or its ``.old`` twin is a complete checkpoint."""
-    old = _old(target)
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    _fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _link_copy(source: Path, target: Path) -> None:
     """Atomically make ``target`` a copy of ``source`` using hard links (no extra disk)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
-    _install(tmp, target)
+    replace_dir(tmp, target)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -184,10 +159,11 @@ def save_checkpoint(
     state: TrainerState,
     config_yaml: str,
     periodic: bool,
-    best: bool,
+    best: str | None,
     keep_last: int,
 ) -> Path:
-    """Write ``last/`` atomically; also ``step-N/`` when periodic and the best copy when best."""
+    """Write ``last/`` atomically; also ``step-N/`` when periodic and, when this is the best
+    checkpoint so far, a copy named ``best``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".last.tmp-", dir=run_dir))
@@ -215,16 +191,16 @@ def save_checkpoint(
     }
     (tmp / TRAINER_JSON).write_text(json.dumps(record, indent=2) + "\n")
     (tmp / RUN_CONFIG).write_text(config_yaml)
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     last = run_dir / LAST_NAME
-    _install(tmp, last)
+    replace_dir(tmp, last)
     if periodic:
         _link_copy(last, run_dir / f"step-{state.step:07d}")
         periodic_dirs = sorted(run_dir.glob("step-[0-9]*"))
         for stale in periodic_dirs[: max(0, len(periodic_dirs) - keep_last)]:
             shutil.rmtree(stale)
     if best:
-        _link_copy(last, run_dir / BEST_NAME)
+        _link_copy(last, run_dir / best)
     return last
 
 
@@ -252,3 +228,123 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
         torch_rng=tensors["rng.torch"],
         cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(record["cuda_devices"])],
     )
+
+
+# --- a run's checkpoints: saving as it goes, resuming ----------------------------------
+
+
+def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
+    """``key: old -> new`` for every value that differs between two resolved configs."""
+    import yaml
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: node}
+
+    old, new = flat(yaml.safe_load(old_yaml)), flat(yaml.safe_load(new_yaml))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not key.startswith("output_dir")
+    ]
+
+
+@attrs.define
+class Checkpointer:
+    """The live objects of a training run that a checkpoint saves and a resume restores."""
+
+    run_dir: Path
+    config_yaml: str
+    plugin: str  # the encoder's
+    options: Any  # the encoder's
+    encoder: Any
+    loss_fn: Any
+    optimizer: Any
+    scheduler: Any
+    sampler: Any
+    miner: Any
+    keep_last: int
+    best_name: str
+
+    @property
+    def _loss_module(self) -> torch.nn.Module | None:
+        return self.loss_fn if isinstance(self.loss_fn, torch.nn.Module) else None
+
+    def save(self, step: int, best_metric: float | None, *, periodic: bool, is_best: bool) -> Path:
+        state = TrainerState(
+            step=step,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            sampler=self.sampler.state_dict(),
+            miner=self.miner.state_dict(),
+            best_metric=best_metric,
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
+        return save_checkpoint(
+            self.run_dir,
+            encoder=self.encoder,
+            plugin=self.plugin,
+            options=self.options,
+            loss_module=self._loss_module,
+            state=state,
+            config_yaml=self.config_yaml,
+            periodic=periodic,
+            best=self.best_name if is_best else None,
+            keep_last=self.keep_last,
+        )
+
+    def resume(self, directory: Path) -> tuple[int, float | None]:
+        """Continue from the checkpoint in ``directory``, whose weights the encoder holds.
+
+        With the same config it resumes exactly: optimizer, schedule, batch order, miner, RNG
+        and step go on as if never stopped. With a changed config only the weights carry over.
+        Returns the step and best metric to go on from.
+        """
+        directory = resolve(Path(directory))
+        changes = config_changes((directory / RUN_CONFIG).read_text(), self.config_yaml)
+        if changes or not (directory / TRAINER_JSON).is_file():
+            log.info(
+                "starting from the weights of %s; new optimizer and schedule. Config changes:\n  %s",
+                directory,
+                "\n  ".join(changes) or "(none)",
+            )
+            return 0, None
+        log.info("resuming exactly from %s", directory)
+        state = load_trainer_state(directory, self._loss_module)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.sampler.load_state_dict(state.sampler)
+        self.miner.load_state_dict(state.miner)
+        torch.set_rng_state(state.torch_rng)
+        if state.cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.cuda_rng)
+        return state.step, state.best_metric
+
+
+# --- encoder identity -----------------------------------------------------------------
+
+# the checkpoint files whose bytes identify an encoder; tokenizer.json only when present
+CHECKPOINT_FILES = (ENCODER_CONFIG, "model.safetensors")
+OPTIONAL_CHECKPOINT_FILES = ("tokenizer.json",)
+
+
+def checkpoint_hash(directory: Path) -> str:
+    """sha256 over the files that define an encoder checkpoint's vectors."""
+    directory = resolve(Path(directory))
+    read_encoder_record(directory)  # a clear error for a folder that is not a checkpoint
+    digest = hashlib.sha256()
+    names = list(CHECKPOINT_FILES) + [n for n in OPTIONAL_CHECKPOINT_FILES if (directory / n).is_file()]
+    for name in names:
+        file = directory / name
+        if not file.is_file():
+            raise DualencError(f"{directory}: not an encoder checkpoint (no {name})")
+        digest.update(name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()}"

@@ -12,43 +12,7 @@ from typing import Any
 
 import attrs
 
-
-def at_least(minimum):
-    def check(instance, attribute, value):
-        if value is not None and value < minimum:
-            raise ValueError(f"must be >= {minimum} (got {value})")
-
-    return check
-
-
-def greater_than(bound):
-    def check(instance, attribute, value):
-        if value is not None and not value > bound:
-            raise ValueError(f"must be > {bound} (got {value})")
-
-    return check
-
-
-def at_most(maximum):
-    def check(instance, attribute, value):
-        if value is not None and value > maximum:
-            raise ValueError(f"must be <= {maximum} (got {value})")
-
-    return check
-
-
-def one_of(*choices):
-    def check(instance, attribute, value):
-        if value not in choices:
-            allowed = ", ".join(repr(c) for c in choices)
-            raise ValueError(f"must be one of {allowed} (got {value!r})")
-
-    return check
-
-
-def non_empty(instance, attribute, value):
-    if not value:
-        raise ValueError("must not be empty")
+from dualenc.validators import at_least, greater_than, non_empty, one_of
 
 
 @attrs.frozen

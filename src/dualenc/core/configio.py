@@ -8,7 +8,6 @@ problems are reported together as ``file:line: key.path: message``.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from cattrs.errors import (
 )
 
 from dualenc.core.config import RunConfig
+from dualenc.core.io import close_match, did_you_mean
 from dualenc.errors import ConfigError
 from dualenc.registry.catalog import Catalog
 
@@ -216,14 +216,20 @@ def _apply_plugins(data: dict, plugins: list[str], problems: Problems) -> None:
             problems.note(f"{PLUGIN_SOURCE} {item!r}: expected kind=name")
             continue
         if kind not in choices:
-            close = difflib.get_close_matches(kind, choices, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.note(
-                f"{PLUGIN_SOURCE} {item}: unknown kind {kind!r}; kinds are: {', '.join(choices)}{hint}"
+                f"{PLUGIN_SOURCE} {item}: unknown kind {kind!r}; kinds are: {', '.join(choices)}"
+                + did_you_mean(kind, choices)
             )
             continue
         selection[kind] = [n.strip() for n in name.split(",") if n.strip()] if kind == "trackers" else name
         problems.origins[("plugins", kind)] = f"{PLUGIN_SOURCE} {kind}"
+
+
+def unknown_key(key, valid: list[str]) -> str:
+    close = close_match(key, valid)
+    if close:
+        return f"unknown key; did you mean {close!r}?"
+    return f"unknown key; valid keys: {', '.join(valid)}"
 
 
 def _walk_errors(exc: BaseException, path: tuple, problems: Problems):
@@ -239,9 +245,7 @@ def _walk_errors(exc: BaseException, path: tuple, problems: Problems):
     elif isinstance(exc, ForbiddenExtraKeysError):
         valid = [f.name for f in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-            problems.add(path + (key,), f"unknown key{hint}")
+            problems.add(path + (key,), unknown_key(key, valid))
     elif isinstance(exc, KeyError):
         problems.add(path, "required key is missing")
     else:
@@ -265,9 +269,7 @@ def structure(data: Any, cls: type, path: tuple, problems: Problems) -> Any:
     fields = {field.name: field for field in attrs.fields(attrs.resolve_types(cls))}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
-            problems.add(path + (key,), f"unknown key{hint}")
+            problems.add(path + (key,), unknown_key(key, list(fields)))
     values: dict[str, Any] = {}
     for name, field in fields.items():
         if name not in data:

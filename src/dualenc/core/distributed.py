@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from dualenc.core.device import resolve_device
 
 
 def world_size() -> int:
@@ -37,14 +41,22 @@ def setup(device_name: str, timeout_s: int) -> torch.device:
         dist.init_process_group(
             backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
         )
-    if cuda:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu" if device_name == "auto" else device_name)
+    return resolve_device("auto" if cuda else device_name)
 
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(device_name: str, timeout_s: int) -> Iterator[torch.device]:
+    """``setup`` on entry, ``teardown`` on exit, however the block ends."""
+    device = setup(device_name, timeout_s)
+    try:
+        yield device
+    finally:
+        teardown()
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -71,14 +83,6 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [part[:size] for part, size in zip(parts, sizes, strict=True)]
     parts[rank()] = tensor
     return torch.cat(parts)
-
-
-def gather_offsets(n: int, device: torch.device) -> tuple[int, int]:
-    """(this rank's offset in a gathered dim of per-rank size n, the gathered total)."""
-    if world_size() == 1:
-        return 0, n
-    sizes = _gather_sizes(n, device)
-    return sum(sizes[: rank()]), sum(sizes)
 
 
 def sum_gradients(parameters, average: bool = False) -> None:

@@ -11,7 +11,6 @@ shares a file (and its helpers, naming, copied snippets) with the training set.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from dualenc.core.config import at_least, at_most
+from dualenc.core.io import atomic_write_json, atomic_write_jsonl
 from dualenc.errors import DualencError
+from dualenc.validators import at_least, at_most
 
 # Folder names never descended into: tests, vendored or installed copies, build output.
 DEFAULT_SKIP_DIRS: frozenset[str] = frozenset(
@@ -435,14 +435,6 @@ def split_files_by_pairs(pair_counts: dict[str, int], val_fraction: float, seed:
     return val
 
 
-def _write_jsonl_atomically(path: Path, records: list[dict]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
-
-
 def extract_pairs(
     sources: Sequence[Path], out_dir: Path, options: ExtractOptions = ExtractOptions()
 ) -> ExtractStats:
@@ -482,8 +474,8 @@ def extract_pairs(
     val = [pair for path in sorted(pairs_by_file) if path in val_files for pair in pairs_by_file[path]]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_jsonl_atomically(out_dir / "train.jsonl", train)
-    _write_jsonl_atomically(out_dir / "val.jsonl", val)
+    atomic_write_jsonl(out_dir / "train.jsonl", train)
+    atomic_write_jsonl(out_dir / "val.jsonl", val)
     stats = ExtractStats(
         files_read=scan.files_read,
         skipped_files={reason: len(paths) for reason, paths in sorted(scan.skipped_files.items())},
@@ -497,5 +489,5 @@ def extract_pairs(
         val_files=len(val_files),
         seconds=round(time.perf_counter() - started, 3),
     )
-    (out_dir / "stats.json").write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
+    atomic_write_json(out_dir / "stats.json", stats.as_dict())
     return stats

@@ -1,31 +1,36 @@
 """The catalog: every installed component, with the distribution that provides it.
 
 Built-in components come through the same ``dualenc`` entry-point group as third-party
-ones. A plugin that fails to import, or whose hook raises, is recorded as broken (with the
-error's last line) instead of breaking dualenc; only selecting one of its components fails.
+ones. A plugin that fails to import, or whose hook raises (``register_commands`` included),
+is recorded as broken (with the error's last line) instead of breaking dualenc; only
+selecting one of its components fails.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata as md
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
+from dualenc.core.io import did_you_mean
 from dualenc.errors import DualencError
 from dualenc.registry import hookspecs
 from dualenc.registry.kinds import KINDS, Component
+
+if TYPE_CHECKING:
+    import click
 
 GROUP = hookspecs.PROJECT
 
 
 @attrs.frozen
 class PluginProblem:
-    """An entry point that could not be used: it failed to import, or wants another API."""
+    """An entry point that could not be used: it failed to import, one of its hooks raised, or it
+    wants another API."""
 
     entry_point: str
     distribution: str
@@ -45,7 +50,7 @@ class Catalog:
         """The component ``name`` of ``kind``, or an error listing what is available."""
         if kind not in KINDS:
             raise DualencError(
-                f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}" + _suggest(kind, KINDS)
+                f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}" + did_you_mean(kind, KINDS)
             )
         matches = [c for c in self.components if c.kind == kind and c.name == name]
         if len(matches) > 1:
@@ -57,7 +62,7 @@ class Catalog:
             return matches[0]
         available = self.of_kind(kind)
         listing = ", ".join(f"{c.name} ({c.distribution})" for c in available) or "none"
-        message = f"unknown {kind} {name!r}; available: {listing}" + _suggest(
+        message = f"unknown {kind} {name!r}; available: {listing}" + did_you_mean(
             name, [c.name for c in available]
         )
         for problem in self.problems:
@@ -66,11 +71,6 @@ class Catalog:
                 f"{problem.version} could not be loaded: {problem.error}"
             )
         raise DualencError(message)
-
-
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _supports_api(plugin: Any) -> str | None:
@@ -115,22 +115,36 @@ def _load_plugins(group: str):
     return manager, provenance, problems
 
 
-def load_catalog(group: str = GROUP) -> Catalog:
-    """Discover every entry point in ``group`` and collect the components each registers."""
+def load_catalog(group: str = GROUP, cli: click.Group | None = None) -> Catalog:
+    """Discover every entry point in ``group`` and collect the components each registers;
+    given the root command group ``cli``, also let every plugin add its commands to it."""
     manager, provenance, problems = _load_plugins(group)
     components: list[Component] = []
     for kind, (hook_name, _) in KINDS.items():
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            dist_name, dist_version = provenance[impl.plugin_name]
             registered: list[Component] = []
-            try:
-                impl.function(register=_registrar(registered, kind, dist_name, dist_version))
-            except Exception as exc:  # noqa: BLE001 - a hook that fails is reported like an import
-                entry_point = impl.plugin_name.partition(":")[2]
-                problems.append(PluginProblem(entry_point, dist_name, dist_version, _last_line(exc)))
-                continue
-            components.extend(registered)
+            register = _registrar(registered, kind, *provenance[impl.plugin_name])
+            if _call_hook(impl, provenance, problems, register=register):
+                components.extend(registered)
+    if cli is not None:
+        for impl in manager.hook.register_commands.get_hookimpls():
+            before = dict(cli.commands)
+            if not _call_hook(impl, provenance, problems, cli=cli):
+                cli.commands.clear()  # drop what it added before it raised
+                cli.commands.update(before)
     return Catalog(tuple(components), tuple(problems))
+
+
+def _call_hook(impl, provenance, problems: list[PluginProblem], **arguments) -> bool:
+    """Call one plugin's hook; when it raises, record the plugin as broken and return False."""
+    try:
+        impl.function(**arguments)
+    except Exception as exc:  # noqa: BLE001 - a hook that fails is reported like an import
+        dist_name, dist_version = provenance[impl.plugin_name]
+        entry_point = impl.plugin_name.partition(":")[2]
+        problems.append(PluginProblem(entry_point, dist_name, dist_version, _last_line(exc)))
+        return False
+    return True
 
 
 def _last_line(exc: Exception) -> str:
@@ -141,18 +155,17 @@ def _last_line(exc: Exception) -> str:
 def _registrar(components: list[Component], kind: str, dist: str, version: str):
     """The ``register`` callback handed to one plugin's hook for one kind."""
 
-    def register(name, factory, *, options=None, description=None):
+    def register(name, factory, *, options=None, description=None, always_on=False):
         if not isinstance(name, str) or not name.strip():
             raise DualencError(f"{dist} registered a {kind} with an invalid name {name!r}")
         if options is not None and not attrs.has(options):
             raise DualencError(f"{dist}: {kind} {name!r}: options must be an attrs class")
         lines = (description or "").strip().splitlines()
-        components.append(Component(kind, name, factory, options, lines[0] if lines else "", dist, version))
+        if always_on and kind != "tracker":
+            raise DualencError(f"{dist}: {kind} {name!r}: only trackers can be always on")
+        description = lines[0] if lines else ""
+        components.append(
+            Component(kind, name, factory, options, description, dist, version, bool(always_on))
+        )
 
     return register
-
-
-def register_commands(cli, group: str = GROUP) -> None:
-    """Let every usable plugin add its subcommands to the CLI."""
-    manager, _, _ = _load_plugins(group)
-    manager.hook.register_commands(cli=cli)

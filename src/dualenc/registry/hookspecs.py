@@ -12,12 +12,18 @@ description=None)``:
 - ``factory(options)``: returns the component; it is called once per run;
 - ``options``: a frozen attrs class; the component's YAML block is structured into it with
   key-path errors (``loss.temperature: must be > 0 (got -1)``). ``None`` means no options;
-- ``description``: one line for ``dualenc plugins list``.
+- ``description``: one line for ``dualenc plugins list``;
+- ``always_on`` (trackers only): the tracker runs in every run, selected or not; the
+  built-in ``jsonl`` (the run's own ``metrics.jsonl``) is one.
 
-The protocol each component must follow is in :mod:`dualenc.registry.kinds`.
+The protocol each component must follow is in :mod:`dualenc.registry.kinds`; both it and
+``Register`` are importable from ``dualenc``.
 Every hook collects all results; none is firstresult. dualenc calls each plugin's hook
 separately, so it knows which distribution registered which component.
 """
+
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pluggy
 
@@ -26,6 +32,20 @@ API_VERSION = "1.0"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The callback each component hook receives; annotate a hook's parameter with it."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[[Any], Any],
+        *,
+        options: type | None = None,
+        description: str | None = None,
+        always_on: bool = False,
+    ) -> None: ...
 
 
 @hookspec

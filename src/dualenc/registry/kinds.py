@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
-import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the protocols name these types; importing dualenc must not load torch
+    import numpy as np
+    import torch
 
 SIDES = ("query", "code")
 
@@ -28,6 +30,7 @@ class Component:
     description: str
     distribution: str
     version: str
+    always_on: bool = False  # a tracker that runs whether or not the config selects it
 
     def create(self, options: Any = None) -> Any:
         """Build the component; ``None`` means the options class's defaults."""
@@ -88,6 +91,8 @@ class ContrastiveBatch:
 
     def false_negative_mask(self) -> torch.Tensor:
         """[B, C] bool: True where a candidate must not count as a negative for a query."""
+        import torch
+
         pos_code = self.candidate_code_key[self.positive]
         pos_query = self.candidate_query_key[self.positive]
         same = (self.candidate_code_key[None, :] == pos_code[:, None]) | (
@@ -117,7 +122,7 @@ class Miner(Protocol):
         """True when ``mine`` must run before training step ``step``."""
 
     def mine(self, encoder: Encoder, corpus: Any, step: int, run_dir: Path) -> dict[str, float]:
-        """Recompute negatives for every pair of ``corpus`` (a ``dualenc.core.data.PairSet``).
+        """Recompute negatives for every pair of ``corpus`` (a ``dualenc.PairSet``).
 
         Returns metrics to log (``mining/seconds``, ...).
         """

@@ -16,20 +16,11 @@ from typing import Any
 
 import attrs
 
-from dualenc import hookimpl
+from dualenc import Register, hookimpl, one_of
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "offline", "online", "disabled")
-
-
-def _one_of(choices):
-    # dualenc reports str(exc) after the key path; attrs' own in_ validator puts a tuple there
-    def check(instance, attribute, value):
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)} (got {value!r})")
-
-    return check
 
 
 @attrs.frozen
@@ -38,7 +29,7 @@ class WandbOptions:
     # the W&B user or team; None: the default entity of the API key
     entity: str | None = None
     # "auto": WANDB_MODE when it is offline or disabled, else online with WANDB_API_KEY, offline without
-    mode: str = attrs.field(default="auto", validator=_one_of(MODES))
+    mode: str = attrs.field(default="auto", validator=one_of(*MODES))
     tags: tuple[str, ...] = ()
     # the run's display name; None lets W&B pick one
     name: str | None = None
@@ -106,7 +97,7 @@ def dualenc_api_version():
 
 
 @hookimpl
-def register_trackers(register):
+def register_trackers(register: Register):
     register(
         "wandb",
         WandbTracker,

@@ -26,10 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer
 
-from dualenc import hookimpl
-from dualenc.core import dropout
-from dualenc.core.config import at_least, one_of
-from dualenc.errors import DualencError
+from dualenc import DualencError, Register, at_least, dropout, hookimpl, one_of
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +44,7 @@ TOKENIZER_SIDE_FILES = (
     "merges.txt",
 )
 POOLING_MODES = ("cls", "mean")
-# transformers' sdpa attention, with attention dropout on the CPU drawn by dualenc.core.dropout
+# transformers' sdpa attention, with attention dropout on the CPU drawn by dualenc.dropout
 ATTENTION_IMPLEMENTATION = "dualenc_sdpa"
 
 
@@ -160,7 +157,7 @@ class HFEncoder(torch.nn.Module):
 
     def _use_fast_dropout(self, transformers) -> None:
         """Training on the CPU spent a fifth of each step drawing dropout masks; see
-        dualenc.core.dropout. Evaluation and other devices run exactly as before."""
+        dualenc.dropout. Evaluation and other devices run exactly as before."""
         dropout.replace_dropout(self.model)
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
@@ -264,7 +261,7 @@ class HFEncoder(torch.nn.Module):
 
 def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout_p=0.0, **kwargs):
     """A transformers attention function: its sdpa one, except bidirectional self-attention with
-    dropout on the CPU, which goes through dualenc.core.dropout.attention."""
+    dropout on the CPU, which goes through dualenc.dropout.attention."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     dropout_p = kwargs.pop("dropout", dropout_p)  # transformers passes it as dropout=
@@ -280,15 +277,11 @@ def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout_p=
     return output.transpose(1, 2).contiguous(), None
 
 
-def create(options: HFOptions) -> HFEncoder:
-    return HFEncoder(options)
-
-
 @hookimpl
-def register_encoders(register):
+def register_encoders(register: Register):
     register(
         "hf",
-        create,
+        HFEncoder,
         options=HFOptions,
         description="A pretrained Hugging Face encoder (all-MiniLM-L6-v2 by default), fine-tuned.",
     )

@@ -1,7 +1,7 @@
 """``transformer``: the seed's encoder, trained from scratch with its own byte-level BPE.
 
 A pre-norm transformer encoder (learned positions, GELU feed-forward, fused
-scaled-dot-product attention with a padding mask, dropout drawn by dualenc.core.dropout),
+scaled-dot-product attention with a padding mask, dropout drawn by dualenc.dropout),
 mean-pooled over real tokens and L2-normalised. Query and code share one tower unless
 ``separate_towers`` is set; two towers still share the token embedding, as they share the
 tokenizer (Dong et al. 2022, "Exploring Dual Encoder Architectures for Question Answering",
@@ -27,11 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from dualenc import hookimpl
-from dualenc.core.config import at_least
-from dualenc.core.dropout import Dropout, attention
-from dualenc.errors import DualencError
-from dualenc.registry.kinds import SIDES
+from dualenc import SIDES, DualencError, Register, at_least, hookimpl
+from dualenc.dropout import Dropout, attention
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +131,15 @@ class Tower(torch.nn.Module):
 
 
 class TransformerEncoder(torch.nn.Module):
+    # norm before each sublayer, one final norm, no token-type embeddings and no embedding
+    # norm: BERT and its relatives normalise after each sublayer, so no standard Hugging Face
+    # architecture computes this function, and an export would only approximate it
+    sentence_transformers_unsupported = (
+        "export supports encoders built on a Hugging Face model (plugin 'hf') only; "
+        "the 'transformer' encoder's pre-norm architecture has no exact Hugging Face equivalent. "
+        "Encode with dualenc instead, or train with encoder 'hf'."
+    )
+
     def __init__(self, options: TransformerOptions):
         super().__init__()
         self.options = options
@@ -246,15 +252,11 @@ class TransformerEncoder(torch.nn.Module):
             raise DualencError(f"{weights}: does not fit this encoder's options: {exc}") from None
 
 
-def create(options: TransformerOptions) -> TransformerEncoder:
-    return TransformerEncoder(options)
-
-
 @hookimpl
-def register_encoders(register):
+def register_encoders(register: Register):
     register(
         "transformer",
-        create,
+        TransformerEncoder,
         options=TransformerOptions,
         description="Pre-norm transformer trained from scratch with its own BPE tokenizer.",
     )

@@ -1,4 +1,4 @@
-"""``mrr``: exact ranking metrics over the full candidate pool (see ``dualenc.core.metrics``)."""
+"""``mrr``: exact ranking metrics over the full candidate pool (computed in ``metrics.py`` beside it)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ from pathlib import Path
 
 import attrs
 
-from dualenc import hookimpl
-from dualenc.core.benchmarks import read_codes
-from dualenc.core.config import at_least
-from dualenc.core.encode import encode_texts
-from dualenc.core.metrics import Rankings, rank_pool
-from dualenc.registry.kinds import EvalSet
+from dualenc import EvalSet, Register, at_least, encode_texts, hookimpl, read_codes
+from dualenc.plugins.evaluators.metrics import Rankings, rank_pool
 
 
 @attrs.frozen
@@ -81,7 +77,7 @@ class MRREvaluator:
 
 
 @hookimpl
-def register_evaluators(register):
+def register_evaluators(register: Register):
     register(
         "mrr",
         MRREvaluator,

@@ -14,9 +14,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from dualenc import hookimpl
-from dualenc.core.config import greater_than
-from dualenc.registry.kinds import ContrastiveBatch
+from dualenc import ContrastiveBatch, Register, greater_than, hookimpl
 
 
 @attrs.frozen
@@ -64,7 +62,7 @@ class InfoNCE(torch.nn.Module):
 
 
 @hookimpl
-def register_losses(register):
+def register_losses(register: Register):
     register(
         "infonce",
         InfoNCE,

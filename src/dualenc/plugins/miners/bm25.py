@@ -17,8 +17,7 @@ from collections import defaultdict
 import attrs
 import numpy as np
 
-from dualenc import hookimpl
-from dualenc.core.config import at_least, at_most
+from dualenc import Register, at_least, at_most, hookimpl
 from dualenc.plugins.miners.common import (
     RoundCounts,
     RoundMiner,
@@ -142,10 +141,10 @@ class BM25Miner(RoundMiner):
 
 
 @hookimpl
-def register_miners(register):
+def register_miners(register: Register):
     register(
         "bm25",
-        lambda options: BM25Miner(options or BM25MinerOptions()),
+        BM25Miner,
         options=BM25MinerOptions,
         description="Lexical hard negatives from BM25 over code identifiers (mined once).",
     )

@@ -56,7 +56,7 @@ def duplicate_keys(corpus, normalise_identifiers: bool) -> list[np.ndarray]:
     """
     keys = [np.asarray(corpus.code_key, dtype=np.int64), np.asarray(corpus.query_key, dtype=np.int64)]
     if normalise_identifiers:
-        from dualenc.core.data import normalised_code_key
+        from dualenc import normalised_code_key
 
         keys.append(
             np.fromiter(

@@ -17,9 +17,7 @@ import time
 import attrs
 import numpy as np
 
-from dualenc import hookimpl
-from dualenc.core.config import at_least, at_most, greater_than, one_of
-from dualenc.core.encode import encode_token_ids
+from dualenc import Register, at_least, at_most, encode_token_ids, greater_than, hookimpl, one_of
 from dualenc.plugins.miners.common import (
     RoundCounts,
     RoundMiner,
@@ -188,10 +186,10 @@ class FaissMiner(RoundMiner):
 
 
 @hookimpl
-def register_miners(register):
+def register_miners(register: Register):
     register(
         "faiss",
-        lambda options: FaissMiner(options or FaissMinerOptions()),
+        FaissMiner,
         options=FaissMinerOptions,
         description="Dense hard negatives: FAISS search with the current model, refreshed on a schedule.",
     )

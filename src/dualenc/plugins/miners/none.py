@@ -4,11 +4,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dualenc import hookimpl
+from dualenc import Register, hookimpl
 
 
 class NoMiner:
     num_negatives = 0
+
+    def __init__(self, options=None):
+        pass  # registered without options: built with None
 
     def due(self, step: int) -> bool:
         return False
@@ -27,5 +30,5 @@ class NoMiner:
 
 
 @hookimpl
-def register_miners(register):
-    register("none", lambda options: NoMiner(), description="No mined negatives (in-batch only).")
+def register_miners(register: Register):
+    register("none", NoMiner, description="No mined negatives (in-batch only).")

@@ -12,8 +12,7 @@ import time
 import attrs
 import numpy as np
 
-from dualenc import hookimpl
-from dualenc.core.config import at_least
+from dualenc import Register, at_least, hookimpl
 from dualenc.plugins.miners.common import RoundCounts, RoundMiner, RoundResult, excluded_candidates
 
 # Vectorised draws for every row still short; after these, the few rows left (a pair whose
@@ -73,10 +72,10 @@ class RandomMiner(RoundMiner):
 
 
 @hookimpl
-def register_miners(register):
+def register_miners(register: Register):
     register(
         "random",
-        lambda options: RandomMiner(options or RandomMinerOptions()),
+        RandomMiner,
         options=RandomMinerOptions,
         description="Random negatives from the training pairs (clones and same-query pairs excluded).",
     )

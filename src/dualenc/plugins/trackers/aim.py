@@ -9,7 +9,7 @@ from pathlib import Path
 
 import attrs
 
-from dualenc import hookimpl
+from dualenc import Register, hookimpl
 
 
 @attrs.frozen
@@ -49,5 +49,5 @@ class AimTracker:
 
 
 @hookimpl
-def register_trackers(register):
+def register_trackers(register: Register):
     register("aim", AimTracker, options=AimOptions, description="Aim run: hparams and metrics.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dualenc import hookimpl
+from dualenc import Register, hookimpl
 
 
 class ConsoleTracker:
@@ -40,5 +40,5 @@ class ConsoleTracker:
 
 
 @hookimpl
-def register_trackers(register):
+def register_trackers(register: Register):
     register("console", ConsoleTracker, description="Progress bar and evaluation summaries.")

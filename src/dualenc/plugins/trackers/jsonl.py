@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from dualenc import hookimpl
+from dualenc import Register, hookimpl
 
 
 class JsonlTracker:
@@ -33,5 +33,7 @@ class JsonlTracker:
 
 
 @hookimpl
-def register_trackers(register):
-    register("jsonl", JsonlTracker, description="metrics.jsonl in the output dir (always on).")
+def register_trackers(register: Register):
+    register(
+        "jsonl", JsonlTracker, description="metrics.jsonl in the output dir (always on).", always_on=True
+    )

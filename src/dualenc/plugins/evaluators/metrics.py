@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 import numpy as np
 
-from dualenc.errors import DualencError
+from dualenc import DualencError
 
 RECALL_CUTOFFS = (1, 5, 10, 100)
 NDCG_CUTOFF = 10

@@ -1,12 +1,19 @@
-"""Evaluation sets: from a JSONL file of (query, code) pairs, and the CoSQA benchmark."""
+"""Evaluation sets: from a JSONL file of (query, code) pairs, and the CoSQA benchmark.
+
+``dualenc evaluate``, training's validation and the benchmarks all build their ``EvalSet``
+here, so a pool is deduplicated the same way wherever a number comes from.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
+from dualenc.core.config import DataConfig
+from dualenc.core.data.keys import normalised_code_key, query_key
+from dualenc.core.data.records import read_pairs
+from dualenc.core.io import iter_jsonl, read_json
 from dualenc.errors import DualencError
 from dualenc.registry.kinds import EvalSet
 
@@ -15,25 +22,42 @@ COSQA_CODES = "code_idx_map.txt"
 COSQA_SPLITS = {"dev": "cosqa-retrieval-dev-500.json", "test": "cosqa-retrieval-test-500.json"}
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, JSON object) for each non-blank line; a bad line stops with file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DualencError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DualencError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DualencError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
+def eval_set_from_pairs(
+    queries: Sequence[str], codes: Sequence[str], name: str, max_pairs: int | None = None
+) -> EvalSet:
+    """Each distinct query ranked against the distinct codes of the first ``max_pairs`` pairs.
+
+    Queries are distinct by ``query_key``, pool items by ``normalised_code_key``; a query's
+    relevant set is every pool item that one of its pairs points to.
+    """
+    if len(queries) != len(codes):
+        raise ValueError("queries and codes must pair up")
+    limit = len(queries) if max_pairs is None else min(max_pairs, len(queries))
+    pool: list[str] = []
+    pool_index: dict[int, int] = {}
+    unique_queries: list[str] = []
+    relevant: list[dict[int, float]] = []
+    query_index: dict[int, int] = {}
+    for query, code in zip(queries[:limit], codes[:limit], strict=True):
+        item = pool_index.setdefault(normalised_code_key(code), len(pool))
+        if item == len(pool):
+            pool.append(code)
+        row = query_index.setdefault(query_key(query), len(unique_queries))
+        if row == len(unique_queries):
+            unique_queries.append(query)
+            relevant.append({})
+        relevant[row][item] = 1.0
+    return EvalSet(name=name, queries=unique_queries, pool=pool, relevant=relevant)
+
+
+def load_eval_set(path: str | Path, data_config: DataConfig, name: str = "val") -> EvalSet:
+    """The evaluation set of a pairs file, honouring ``data_config.max_val_pairs``."""
+    records = read_pairs(path, data_config.query_field, data_config.code_field, data_config.on_bad_record)
+    return eval_set_from_pairs(records.queries, records.codes, name, max_pairs=data_config.max_val_pairs)
 
 
 def text_field(record: dict, field: str, where: str) -> str:
+    """``record[field]``, a non-empty string, or a ``DualencError`` that starts with ``where``."""
     value = record.get(field)
     if not isinstance(value, str) or not value.strip():
         problem = "missing" if value is None else f"must be a non-empty string, got {value!r:.60}"
@@ -43,7 +67,7 @@ def text_field(record: dict, field: str, where: str) -> str:
 
 def read_codes(path: Path, field: str = "code") -> list[str]:
     """The ``field`` text of every line of a JSONL file, in order."""
-    return [text_field(record, field, f"{path}:{number}") for number, record in read_jsonl(path)]
+    return [text_field(record, field, f"{path}:{number}") for number, record in iter_jsonl(path)]
 
 
 def default_cosqa_dir() -> Path:
@@ -64,7 +88,7 @@ def load_cosqa(directory: Path, split: str = "dev") -> EvalSet:
             f"{directory}: CoSQA directory not found (pass --benchmark-dir or set {COSQA_DIR_ENV})"
         )
     codes_path = directory / COSQA_CODES
-    code_ids = _read_json(codes_path)
+    code_ids = read_json(codes_path)
     if not isinstance(code_ids, dict) or not all(isinstance(i, int) for i in code_ids.values()):
         raise DualencError(f"{codes_path}: expected a JSON object of code text -> integer id")
     if sorted(code_ids.values()) != list(range(len(code_ids))):
@@ -72,7 +96,7 @@ def load_cosqa(directory: Path, split: str = "dev") -> EvalSet:
     pool = sorted(code_ids, key=code_ids.__getitem__)
 
     split_path = directory / COSQA_SPLITS[split]
-    entries = _read_json(split_path)
+    entries = read_json(split_path)
     if not isinstance(entries, list) or not entries:
         raise DualencError(f"{split_path}: expected a non-empty JSON list of queries")
     queries, relevant = [], []
@@ -86,12 +110,3 @@ def load_cosqa(directory: Path, split: str = "dev") -> EvalSet:
         queries.append(text_field(entry, "doc", where))
         relevant.append({gold: 1.0})
     return EvalSet(name=f"cosqa-{split}", queries=queries, pool=pool, relevant=relevant)
-
-
-def _read_json(path: Path):
-    if not path.is_file():
-        raise DualencError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DualencError(f"{path}: not valid JSON ({exc})") from None

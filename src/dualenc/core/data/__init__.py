@@ -1,0 +1,1 @@
+"""Training and evaluation data: pair records, dedup keys, the token cache, batching, eval sets."""

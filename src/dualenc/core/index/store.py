@@ -1,0 +1,246 @@
+"""The index folder: its files, reading and checking them, the metadata store a build
+changes, and installing a build.
+
+An index directory holds three files:
+
+- ``index.faiss``: the code vectors. Exact inner product (``IndexIDMap2`` over
+  ``IndexFlatIP``) up to ``exact_threshold`` vectors; above it ``IndexIVFFlat`` with
+  ``nprobe`` raised until recall@10 against exact search reaches the target.
+- ``meta.sqlite``: one row per vector, keyed by its faiss id: the record's key (its corpus
+  ``id``, else ``path::symbol``), a hash of its code, path, symbol, line and code.
+- ``manifest.json``: the encoder checkpoint and its hash, dimension, count, index type and
+  parameters, the measured recall.
+
+The manifest and meta.sqlite both name the build's generation: files of different builds
+(an interrupted install) are told apart by it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from dualenc.core.index.corpus import CodeRecord
+from dualenc.core.io import atomic_write_json, fsync_dir, fsync_file, hidden_sibling, read_json
+from dualenc.errors import DualencError
+
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.sqlite"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY,  -- the vector's faiss id
+    key TEXT NOT NULL UNIQUE,  -- identity across updates: the corpus id, else path::symbol
+    content_hash TEXT NOT NULL,
+    path TEXT,
+    symbol TEXT,
+    line INTEGER,
+    code TEXT NOT NULL
+);
+CREATE TABLE info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# --- reading and checking ---------------------------------------------------------------
+
+
+def holds_index(directory: Path) -> bool:
+    """Whether ``directory`` holds any file of an index."""
+    return any((directory / name).exists() for name in (MANIFEST_FILE, INDEX_FILE, META_FILE))
+
+
+def read_manifest(index_dir: Path) -> dict[str, Any]:
+    index_dir = Path(index_dir)
+    path = index_dir / MANIFEST_FILE
+    if not index_dir.is_dir():
+        raise DualencError(f"{index_dir}: index directory not found")
+    if not path.is_file():
+        raise DualencError(
+            f"{path}: missing; {index_dir} is not a dualenc index (build one with dualenc index build)"
+        )
+    manifest = read_json(path)
+    for key in ("format", "encoder", "count", "index", "generation"):
+        if not isinstance(manifest, dict) or key not in manifest:
+            raise DualencError(f"{path}: missing key {key!r}")
+    if manifest["format"] != FORMAT_VERSION:
+        raise DualencError(f"{path}: index format {manifest['format']}; this dualenc reads {FORMAT_VERSION}")
+    return manifest
+
+
+def check_encoder(index_dir: Path, manifest: dict, checkpoint: Path, actual_hash: str) -> None:
+    """Refuse an encoder checkpoint other than the one the index was built with."""
+    recorded = manifest["encoder"]
+    if recorded["hash"] != actual_hash:
+        raise DualencError(
+            f"{index_dir / MANIFEST_FILE}: the index was built with encoder checkpoint "
+            f"{recorded['checkpoint']} ({recorded['hash'][:19]}), but {checkpoint} is a different "
+            f"encoder ({actual_hash[:19]}); pass the checkpoint the index was built with, or rebuild "
+            "the index with --overwrite"
+        )
+
+
+def open_index(index_dir: Path, manifest: dict) -> tuple[faiss.Index, sqlite3.Connection]:
+    """index.faiss and meta.sqlite (read-only: builds change a copy of it), checked to be
+    the build ``manifest`` describes."""
+    index = _read_faiss(index_dir / INDEX_FILE)
+    meta = _open_meta(index_dir / META_FILE)
+    try:
+        _check_consistent(index_dir, manifest, index, meta)
+    except BaseException:
+        meta.close()
+        raise
+    return index, meta
+
+
+def _read_faiss(path: Path) -> faiss.Index:
+    if not path.is_file():
+        raise DualencError(f"{path}: missing; rebuild the index")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].split("Error: ")[-1]
+        raise DualencError(
+            f"{path}: unreadable faiss index, truncated or corrupt ({reason}); rebuild it"
+        ) from None
+
+
+def _open_meta(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise DualencError(f"{path}: missing; rebuild the index")
+    uri = path.resolve().as_uri() + "?mode=ro"
+    # the Retriever serialises its own queries, so one connection may serve many threads
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def _check_consistent(index_dir: Path, manifest: dict, index: faiss.Index, meta: sqlite3.Connection) -> None:
+    meta_path = index_dir / META_FILE
+    try:
+        rows = meta.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        generation = meta.execute("SELECT value FROM info WHERE name = 'generation'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DualencError(f"{meta_path}: unreadable ({exc}); rebuild the index") from None
+    if generation is None or generation[0] != manifest["generation"]:
+        raise DualencError(
+            f"{meta_path}: belongs to another build than {index_dir / MANIFEST_FILE} "
+            "(an interrupted build or update?); rebuild the index"
+        )
+    if not index.ntotal == rows == manifest["count"]:
+        raise DualencError(
+            f"{index_dir / INDEX_FILE}: holds {index.ntotal} vectors, but {meta_path} has {rows} records "
+            f"and the manifest says {manifest['count']}; the index is truncated or stale, rebuild it"
+        )
+
+
+# --- building ---------------------------------------------------------------------------
+
+
+@contextmanager
+def staged_meta(output_dir: Path, copy_existing: bool) -> Iterator[Path]:
+    """Where a build writes its meta.sqlite: a copy of the index's (``copy_existing``) or a
+    new file, beside it. Removed when the build fails, so that the index stays as it was."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staged = hidden_sibling(output_dir / META_FILE)
+    if copy_existing:
+        shutil.copyfile(output_dir / META_FILE, staged)
+    try:
+        yield staged
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+
+
+class MetaStore:
+    """meta.sqlite during a build: decides per record whether it must be encoded."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path)
+        if not self.db.execute("SELECT name FROM sqlite_master WHERE name = 'records'").fetchone():
+            self.db.executescript(_SCHEMA)
+        self.db.execute("CREATE TEMP TABLE seen (key TEXT PRIMARY KEY)")
+        self.next_id = (self.db.execute("SELECT MAX(id) FROM records").fetchone()[0] or 0) + 1
+        self.stale_ids: list[int] = []
+        self.unchanged = 0
+
+    def claim_key(self, record: CodeRecord) -> str:
+        """The record's key, numbered (``#2``...) when an earlier record of this corpus has it."""
+        base = key = record.base_key()
+        number = 1
+        while not self.db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (key,)).rowcount:
+            number += 1
+            key = f"{base}#{number}"
+        return key
+
+    def needs_encoding(self, key: str, record: CodeRecord, content_hash: str) -> bool:
+        """False for an unchanged record (its location is refreshed); a changed one's old
+        row goes and its vector is marked for removal."""
+        row = self.db.execute("SELECT id, content_hash FROM records WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return True
+        record_id, old_hash = row
+        if old_hash == content_hash:
+            self.db.execute(
+                "UPDATE records SET path = ?, symbol = ?, line = ? WHERE id = ?",
+                (record.path, record.symbol, record.line, record_id),
+            )
+            self.unchanged += 1
+            return False
+        self.db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+        self.stale_ids.append(record_id)
+        return True
+
+    def insert(self, rows: list[tuple[str, str, CodeRecord]]) -> np.ndarray:
+        ids = np.arange(self.next_id, self.next_id + len(rows), dtype=np.int64)
+        self.next_id += len(rows)
+        self.db.executemany(
+            "INSERT INTO records (id, key, content_hash, path, symbol, line, code) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (int(i), key, content_hash, r.path, r.symbol, r.line, r.code)
+                for i, (key, content_hash, r) in zip(ids, rows, strict=True)
+            ],
+        )
+        return ids
+
+    def drop_unseen(self) -> int:
+        """Remove the records the corpus no longer has; returns how many."""
+        unseen = "FROM records WHERE key NOT IN (SELECT key FROM seen)"
+        gone = [row[0] for row in self.db.execute(f"SELECT id {unseen}")]
+        self.db.execute(f"DELETE {unseen}")
+        self.stale_ids.extend(gone)
+        return len(gone)
+
+    def finish(self, generation: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO info VALUES ('generation', ?)", (generation,))
+        self.db.commit()
+
+    def __enter__(self) -> MetaStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.db.close()
+
+
+def install(output_dir: Path, index: faiss.Index, meta_file: Path, manifest: dict) -> None:
+    """Move a build's files into place: ``meta_file`` (its staged meta.sqlite), then
+    ``index``, then ``manifest``. meta.sqlite goes first and the manifest last: in
+    between their generations differ, so a reader sees an interrupted build as one."""
+    staged_index = hidden_sibling(output_dir / INDEX_FILE)
+    try:
+        faiss.write_index(index, str(staged_index))
+        fsync_file(staged_index)
+        os.replace(meta_file, output_dir / META_FILE)
+        os.replace(staged_index, output_dir / INDEX_FILE)
+    finally:
+        staged_index.unlink(missing_ok=True)
+    atomic_write_json(output_dir / MANIFEST_FILE, manifest)
+    fsync_dir(output_dir)

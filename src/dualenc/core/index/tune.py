@@ -1,0 +1,133 @@
+"""Which index a build serves: the exact store up to ``exact_threshold`` vectors, above it
+IVF with the smallest ``nprobe`` whose recall@10 against exact search reaches the target,
+measured on natural-language queries when given, else on code vectors of the corpus."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dualenc.core.encode import encode_texts
+from dualenc.core.index.corpus import read_queries
+from dualenc.core.index.options import IndexOptions
+
+RECALL_K = 10
+RECALL_QUERY_SOURCE = (
+    "code vectors sampled from the corpus, each query's own vector excluded from both result "
+    "lists; real queries were not available at build time (tune_queries), so natural-language "
+    "queries will see a lower recall"
+)
+
+
+def index_to_serve(
+    store: faiss.IndexIDMap2, options: IndexOptions, encoder
+) -> tuple[faiss.Index, dict, dict]:
+    """The index to serve, its type and parameters, and its recall against exact search."""
+    count = store.ntotal
+    if count <= options.exact_threshold:
+        info = {"type": "flat", "faiss": "IDMap2,Flat", "metric": "inner_product", "params": {}}
+        return store, info, {"k": RECALL_K, "value": 1.0, "method": "exact search"}
+    ids, vectors = _store_vectors(store)
+    rng = np.random.default_rng(options.seed)
+    # ~4 sqrt(N) lists, each with at least the 39 training points faiss asks for
+    nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
+    ivf = _train_ivf(ids, vectors, nlist, rng)
+    del vectors  # the IVF index holds its own copy
+    query_ids, queries, tuned_on, source = _recall_queries(store, options, encoder, rng)
+    nprobe, recall = _tune_nprobe(ivf, store, query_ids, queries, options.recall_target)
+    info = {
+        "type": "ivf",
+        "faiss": f"IVF{nlist},Flat",
+        "metric": "inner_product",
+        "params": {"nlist": nlist, "nprobe": nprobe},
+    }
+    recall_info = {
+        "k": RECALL_K,
+        "value": round(recall, 4),
+        "target": options.recall_target,
+        "queries": len(query_ids),
+        "tuned_on": tuned_on,
+        "query_source": source,
+    }
+    return ivf, info, recall_info
+
+
+def _store_vectors(store: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the exact store; the vectors are a view, valid while it lives."""
+    flat = faiss.downcast_index(store.index)
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), store.ntotal * store.d).reshape(store.ntotal, store.d)
+    return faiss.vector_to_array(store.id_map), vectors
+
+
+def _train_ivf(ids: np.ndarray, vectors: np.ndarray, nlist: int, rng: np.random.Generator) -> faiss.Index:
+    count, dim = vectors.shape
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    # k-means uses at most 256 points per centroid anyway
+    sample = np.sort(rng.choice(count, size=min(count, 256 * nlist), replace=False))
+    on_gpus = faiss.get_num_gpus() > 0
+    # k-means and list assignment are the slow parts: on GPUs they run there, and the
+    # trained index comes back to the CPU to be written and served
+    working = faiss.index_cpu_to_all_gpus(ivf) if on_gpus else ivf
+    working.train(vectors[sample])
+    working.add_with_ids(vectors, ids)
+    return faiss.index_gpu_to_cpu(working) if on_gpus else ivf
+
+
+def _recall_queries(
+    store: faiss.IndexIDMap2, options: IndexOptions, encoder, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Query ids (-1: not in the corpus), query vectors, their kind and where they came from."""
+    if options.tune_queries is not None:
+        queries = read_queries(Path(options.tune_queries))
+        if len(queries) > options.recall_queries:
+            chosen = np.sort(rng.choice(len(queries), size=options.recall_queries, replace=False))
+            queries = [queries[i] for i in chosen]
+        vectors = encode_texts(encoder, queries, "query", options.batch_size)
+        source = f"{len(queries)} natural-language queries from {options.tune_queries}, encoded as queries"
+        return np.full(len(queries), -1, dtype=np.int64), vectors, "queries", source
+    ids, vectors = _store_vectors(store)
+    rows = np.sort(rng.choice(len(ids), size=min(options.recall_queries, len(ids)), replace=False))
+    return ids[rows], vectors[rows], "code vectors", RECALL_QUERY_SOURCE
+
+
+def _tune_nprobe(
+    ivf: faiss.Index, store: faiss.IndexIDMap2, query_ids: np.ndarray, queries: np.ndarray, target: float
+) -> tuple[int, float]:
+    """The smallest nprobe whose recall@k against exact search reaches ``target``."""
+    k = min(RECALL_K, store.ntotal - 1)
+    exact = store.search(queries, k + 1)  # one more: a corpus query's own vector is dropped
+
+    def recall_at(nprobe: int) -> float:
+        ivf.nprobe = nprobe
+        return _recall(query_ids, exact, ivf.search(queries, k + 1), k)
+
+    # double until the target is met (nprobe = nlist scans everything: exact), then bisect
+    low, high = 0, 1
+    while high < ivf.nlist and recall_at(high) < target:
+        low, high = high, min(2 * high, ivf.nlist)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if recall_at(middle) >= target:
+            high = middle
+        else:
+            low = middle
+    return high, recall_at(high)
+
+
+def _recall(
+    query_ids: np.ndarray, exact: tuple[np.ndarray, np.ndarray], found: tuple[np.ndarray, np.ndarray], k: int
+) -> float:
+    """Share of the exact top k that the approximate top k finds, each query's own vector
+    left out (query id -1: a query from outside the corpus); a result scoring at least the
+    exact k-th score counts (ties are common: duplicate code encodes to the same vector)."""
+    hits = 0
+    for query_id, exact_scores, exact_ids, found_scores, found_ids in zip(
+        query_ids, *exact, *found, strict=True
+    ):
+        kth_score = exact_scores[exact_ids != query_id][k - 1]
+        kept = found_scores[(found_ids != query_id) & (found_ids >= 0)][:k]
+        hits += int(np.count_nonzero(kept >= kth_score - 1e-5))
+    return hits / (len(query_ids) * k)

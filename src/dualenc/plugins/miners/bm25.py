@@ -24,7 +24,6 @@ from dualenc.plugins.miners.common import (
     RoundResult,
     check_window,
     duplicate_counts,
-    excluded_candidates,
     sample_window,
 )
 
@@ -110,14 +109,11 @@ class BM25Miner(RoundMiner):
             for position, row in enumerate(rows):
                 ranked = self.ranked(weights.scores(code_words(corpus.queries[row])), depths[row])
                 candidate_ids[position, : len(ranked)] = ranked
-            itself, duplicate = excluded_candidates(candidate_ids, rows, keys)
             negatives[rows] = sample_window(
                 candidate_ids,
-                itself,
-                duplicate,
-                options.range_min,
-                options.range_max,
-                options.num_negatives,
+                rows,
+                keys,
+                options,
                 rng,
                 counts,
             )

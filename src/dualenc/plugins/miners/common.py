@@ -118,24 +118,25 @@ class RoundCounts:
 
 def sample_window(
     candidate_ids: np.ndarray,
-    itself: np.ndarray,
-    duplicate: np.ndarray,
-    range_min: int,
-    range_max: int,
-    num_negatives: int,
+    rows: np.ndarray,
+    keys: list[np.ndarray],
+    options,
     rng: np.random.Generator,
     counts: RoundCounts,
     scores: np.ndarray | None = None,
     thresholds: np.ndarray | None = None,
     positive_scores: np.ndarray | None = None,
 ) -> np.ndarray:
-    """[C, num_negatives] negatives from ranked candidates [C, k] (best first), -1 where short.
+    """[C, num_negatives] negatives for pairs ``rows`` from their ranked candidates [C, k]
+    (best first), -1 where short: drawn from ranks ``options.range_min`` to ``range_max`` among
+    the candidates that are neither the pair itself nor a duplicate of it (by ``keys``).
 
-    ``itself`` and ``duplicate`` come from ``excluded_candidates``.
     ``scores`` and ``thresholds`` (per row) turn on the margin filter; ``positive_scores``
     adds the score gap to ``counts``.
     """
-    rows, depth = candidate_ids.shape
+    range_min, range_max, num_negatives = options.range_min, options.range_max, options.num_negatives
+    itself, duplicate = excluded_candidates(candidate_ids, rows, keys)
+    depth = candidate_ids.shape[1]
     eligible = ~(itself | duplicate)
     eligible_before = np.cumsum(eligible, axis=1) - eligible  # eligible candidates ranked above
     counts.duplicates += int((duplicate & (eligible_before < range_max)).sum())
@@ -144,12 +145,12 @@ def sample_window(
         too_close = in_window & (scores > thresholds[:, None])
         counts.margin += int(too_close.sum())
         in_window &= ~too_close
-    keys = rng.random((rows, depth))
-    keys[~in_window] = np.inf
-    order = np.argsort(keys, axis=1, kind="stable")[:, :num_negatives]
+    draws = rng.random((len(rows), depth))
+    draws[~in_window] = np.inf
+    order = np.argsort(draws, axis=1, kind="stable")[:, :num_negatives]
     picked = np.take_along_axis(candidate_ids, order, axis=1)
     valid = np.take_along_axis(in_window, order, axis=1)
-    negatives = np.full((rows, num_negatives), -1, dtype=np.int64)
+    negatives = np.full((len(rows), num_negatives), -1, dtype=np.int64)
     negatives[:, : order.shape[1]] = np.where(valid, picked, -1)
     kept_per_row = valid.sum(axis=1)
     counts.kept += int(kept_per_row.sum())

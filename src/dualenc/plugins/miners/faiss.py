@@ -25,7 +25,6 @@ from dualenc.plugins.miners.common import (
     check_window,
     duplicate_counts,
     encoder_sha256,
-    excluded_candidates,
     sample_window,
 )
 
@@ -149,14 +148,11 @@ class FaissMiner(RoundMiner):
             search_seconds += time.perf_counter() - started
 
             positive_scores = np.einsum("ij,ij->i", queries, codes[rows].astype(np.float32))
-            itself, duplicate = excluded_candidates(candidate_ids, rows, keys)
             negatives[rows] = sample_window(
                 candidate_ids,
-                itself,
-                duplicate,
-                options.range_min,
-                options.range_max,
-                options.num_negatives,
+                rows,
+                keys,
+                options,
                 rng,
                 counts,
                 scores=scores,

@@ -257,18 +257,28 @@ def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
 class Checkpointer:
     """The live objects of a training run that a checkpoint saves and a resume restores."""
 
-    run_dir: Path
+    config: Any  # the run's RunConfig
     config_yaml: str
-    plugin: str  # the encoder's
-    options: Any  # the encoder's
-    encoder: Any
-    loss_fn: Any
+    components: Any  # the run's core.build.Components
     optimizer: Any
     scheduler: Any
     sampler: Any
-    miner: Any
-    keep_last: int
-    best_name: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def encoder(self):
+        return self.components.encoder
+
+    @property
+    def loss_fn(self):
+        return self.components.loss
+
+    @property
+    def miner(self):
+        return self.components.miner
 
     @property
     def _loss_module(self) -> torch.nn.Module | None:
@@ -288,14 +298,14 @@ class Checkpointer:
         return save_checkpoint(
             self.run_dir,
             encoder=self.encoder,
-            plugin=self.plugin,
-            options=self.options,
+            plugin=self.config.plugins.encoder,
+            options=self.config.encoder,
             loss_module=self._loss_module,
             state=state,
             config_yaml=self.config_yaml,
             periodic=periodic,
-            best=self.best_name if is_best else None,
-            keep_last=self.keep_last,
+            best=best_name(self.components.evaluator.primary_metric) if is_best else None,
+            keep_last=self.config.train.keep_last,
         )
 
     def resume(self, directory: Path) -> tuple[int, float | None]:

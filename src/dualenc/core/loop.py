@@ -245,20 +245,7 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     optimizer = make_optimizer(encoder, loss_fn, tc)
     scheduler = make_scheduler(optimizer, tc)
     train_step = TrainStep(encoder, loss_fn, optimizer, scheduler, pairs, device, precision, tc, gather)
-    saver = checkpoint.Checkpointer(
-        run_dir=run_dir,
-        config_yaml=config_yaml,
-        plugin=config.plugins.encoder,
-        options=config.encoder,
-        encoder=encoder,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        sampler=sampler,
-        miner=miner,
-        keep_last=tc.keep_last,
-        best_name=checkpoint.best_name(evaluator.primary_metric),
-    )
+    saver = checkpoint.Checkpointer(config, config_yaml, parts, optimizer, scheduler, sampler)
     step, best = saver.resume(resume_from) if resume_from is not None else (0, None)
 
     # 4. the loop: only rank 0 logs and saves; time spent off training is not counted in pairs/s

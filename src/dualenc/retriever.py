@@ -70,11 +70,13 @@ class Retriever:
         encoder_checkpoint: str | Path | None = None,
         *,
         encoder=None,
+        catalog=None,
         batch_size: int = 64,
     ) -> Retriever:
         """Open ``index_dir``. The encoder checkpoint is the one its manifest records unless
         ``encoder_checkpoint`` names another copy; either way its hash must match the
-        manifest's. ``encoder``: that checkpoint's encoder, when already loaded."""
+        manifest's. ``encoder``: that checkpoint's encoder, when already loaded; else it is
+        rebuilt through ``catalog`` (the installed plugins when None)."""
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
         if encoder_checkpoint is None:
@@ -90,7 +92,7 @@ class Retriever:
         index, meta = open_index(index_dir, manifest)
         try:
             if encoder is None:
-                encoder, _, _ = load_encoder(checkpoint)
+                encoder, _, _ = load_encoder(checkpoint, catalog)
                 encoder.to(resolve_device())
         except BaseException:
             meta.close()

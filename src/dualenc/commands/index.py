@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 import click
 
+from dualenc.cli_options import current_catalog
 from dualenc.core.config import RetrievalConfig
 from dualenc.core.index.options import IndexOptions
 
@@ -92,7 +93,13 @@ def build(
         batch_size=batch_size,
     )
     report = build_index(
-        code_corpus, output_dir, encoder_checkpoint, update=update, overwrite=overwrite, options=options
+        code_corpus,
+        output_dir,
+        encoder_checkpoint,
+        catalog=current_catalog(),
+        update=update,
+        overwrite=overwrite,
+        options=options,
     )
     index_info, recall = report.manifest["index"], report.manifest["recall"]
     params = "".join(f", {name}={value}" for name, value in index_info["params"].items())

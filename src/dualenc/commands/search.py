@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from dualenc.cli_options import current_catalog
 from dualenc.core.config import RetrievalConfig
 
 DEF_LINE = re.compile(r"(async\s+)?def\s")
@@ -49,7 +50,7 @@ def search(
     """Search an index with natural-language QUERIES."""
     from dualenc.retriever import Retriever
 
-    with Retriever.load(index_dir, encoder_checkpoint) as retriever:
+    with Retriever.load(index_dir, encoder_checkpoint, catalog=current_catalog()) as retriever:
         results = retriever.search(list(queries), k=k)
     if as_json:
         document = [

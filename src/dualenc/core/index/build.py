@@ -57,6 +57,7 @@ def build_index(
     encoder_checkpoint: Path,
     *,
     encoder=None,
+    catalog=None,
     update: bool = False,
     overwrite: bool = False,
     options: IndexOptions = IndexOptions(),
@@ -64,7 +65,8 @@ def build_index(
 ) -> BuildReport:
     """Encode ``corpus`` with the encoder of ``encoder_checkpoint`` into ``output_dir``.
 
-    ``encoder``: that checkpoint's encoder, when the caller has loaded it already.
+    ``encoder``: that checkpoint's encoder, when the caller has loaded it already; else it is
+    rebuilt through ``catalog`` (the installed plugins when None).
     ``update``: re-encode only new and changed records of the index in ``output_dir`` (a new
     index when it holds none). ``overwrite``: replace the index in ``output_dir``.
     """
@@ -79,7 +81,7 @@ def build_index(
         meta.close()
         store = _exact_store(previous_index)
     if encoder is None:
-        encoder, _, _ = load_encoder(encoder_checkpoint)
+        encoder, _, _ = load_encoder(encoder_checkpoint, catalog)
         encoder.to(resolve_device())
     if previous is None:
         store = faiss.IndexIDMap2(faiss.IndexFlatIP(encoder.dim))

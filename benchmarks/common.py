@@ -157,7 +157,7 @@ def model_path() -> Path:
 
 def _extract_once(sources: Sequence[Path], out_dir: Path, val_fraction: float) -> Path:
     """Pairs of ``sources`` extracted by dualenc's extractor into ``out_dir`` (kept as a cache)."""
-    from dualenc.core.extract import ExtractOptions, extract_pairs
+    from dualenc.core.data.extract import ExtractOptions, extract_pairs
 
     if not (out_dir / "stats.json").exists():
         extract_pairs(list(sources), out_dir, ExtractOptions(val_fraction=val_fraction))

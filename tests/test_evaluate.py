@@ -20,9 +20,10 @@ from dualenc.plugins.evaluators.mrr import MRREvaluator, MRROptions
 from dualenc.registry import load_catalog
 from dualenc.registry.kinds import Encoder, EvalSet
 
-COSQA_DIR = Path("/work/shared/benchmarks/cosqa")
+# shared/ lies beside the checkout, here and in CI
+COSQA_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "cosqa"
 # wide enough for hashed words to be nearly orthogonal: queries then find the codes sharing their words
-HASHBAG_DIM = 256
+EVAL_ENCODER_DIM = 256
 
 PAIRS = [
     ("sort a list in reverse", "def sort_desc(items): return sorted(items, reverse=True)"),
@@ -48,7 +49,7 @@ from fakes import TinyEncoder
 
 @hookimpl
 def register_encoders(register):
-    register("hashbag", lambda options: TinyEncoder(dim={HASHBAG_DIM}), description="test encoder")
+    register("hashbag", lambda options: TinyEncoder(dim={EVAL_ENCODER_DIM}), description="test encoder")
 """
 
 
@@ -61,12 +62,12 @@ def hashbag_catalog(tmp_path, monkeypatch):
 
 
 def test_test_encoder_is_an_encoder():
-    assert isinstance(TinyEncoder(dim=HASHBAG_DIM), Encoder)
+    assert isinstance(TinyEncoder(dim=EVAL_ENCODER_DIM), Encoder)
 
 
 def test_evaluator_end_to_end(pairs_file):
     eval_set = load_eval_set(pairs_file, DataConfig())
-    encoder = TinyEncoder(dim=HASHBAG_DIM)
+    encoder = TinyEncoder(dim=EVAL_ENCODER_DIM)
     evaluator = MRREvaluator(MRROptions(batch_size=3, chunk_size=2, pool_chunk_size=3))
     metrics = evaluator.evaluate(encoder, eval_set, prefix="val")
     assert evaluator.primary_metric == "mrr"
@@ -89,7 +90,7 @@ def test_distractors_join_the_pool(tmp_path, pairs_file):
     eval_set = load_eval_set(pairs_file, DataConfig())
     # the copy of a pool code and the repeated distractor are skipped
     assert evaluator.with_distractors(eval_set).pool == [*eval_set.pool, codes[0], codes[3]]
-    assert evaluator.evaluate(TinyEncoder(dim=HASHBAG_DIM), eval_set, prefix="x")["x/pool_size"] == 9
+    assert evaluator.evaluate(TinyEncoder(dim=EVAL_ENCODER_DIM), eval_set, prefix="x")["x/pool_size"] == 9
 
     distractors.write_text('{"code": "def f(): pass"}\n{"text": "x"}\n')
     with pytest.raises(DualencError, match=r"distractors\.jsonl:2: field 'code' missing"):
@@ -148,7 +149,7 @@ def test_cli_evaluate_data_json(pairs_file, tmp_path, hashbag_catalog):
         "mean_rank", "median_rank", "pool_size", "num_queries",
     }  # fmt: skip
     expected = MRREvaluator().evaluate(
-        TinyEncoder(dim=HASHBAG_DIM), load_eval_set(pairs_file, DataConfig()), prefix="p"
+        TinyEncoder(dim=EVAL_ENCODER_DIM), load_eval_set(pairs_file, DataConfig()), prefix="p"
     )
     assert report["metrics"]["mrr"] == pytest.approx(expected["p/mrr"])
 
@@ -162,7 +163,7 @@ def test_cli_evaluate_data_json(pairs_file, tmp_path, hashbag_catalog):
 
 
 def test_cli_evaluate_checkpoint_table(pairs_file, tmp_path, hashbag_catalog):
-    save_encoder(TinyEncoder(dim=HASHBAG_DIM), "hashbag", None, tmp_path / "ckpt")
+    save_encoder(TinyEncoder(dim=EVAL_ENCODER_DIM), "hashbag", None, tmp_path / "ckpt")
     result = CliRunner().invoke(evaluate, ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(pairs_file)])
     assert result.exit_code == 0, result.output
     assert "val: 7 queries, 7 candidates; encoder hashbag from" in result.output
@@ -186,7 +187,7 @@ def test_cli_needs_one_encoder_and_one_source(args):
 
 def test_one_query_one_code_is_a_perfect_ranking():
     eval_set = EvalSet(name="n", queries=["q"], pool=["c"], relevant=[{0: 1.0}])
-    assert MRREvaluator().evaluate(TinyEncoder(dim=HASHBAG_DIM), eval_set)["val/mrr"] == 1.0
+    assert MRREvaluator().evaluate(TinyEncoder(dim=EVAL_ENCODER_DIM), eval_set)["val/mrr"] == 1.0
 
 
 PLAIN_EVALUATOR_PLUGIN = f"""
@@ -213,7 +214,7 @@ class CountEvaluator:
 
 @hookimpl
 def register_encoders(register):
-    register("hashbag", lambda options: TinyEncoder(dim={HASHBAG_DIM}))
+    register("hashbag", lambda options: TinyEncoder(dim={EVAL_ENCODER_DIM}))
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dualenc.commands.data import data
-from dualenc.core.extract import (
+from dualenc.core.data.extract import (
     ExtractOptions,
     docstring_summary,
     extract_pairs,

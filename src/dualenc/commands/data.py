@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 import click
 
-from dualenc.core.extract import ExtractOptions, extract_pairs
+from dualenc.core.data.extract import ExtractOptions, extract_pairs
 
 # the defaults shown and used are the options class's
 DEFAULTS = attrs.fields(ExtractOptions)

@@ -49,7 +49,7 @@ def iter_corpus(path: Path) -> Iterator[CodeRecord]:
 
 
 def _iter_python_functions(path: Path) -> Iterator[CodeRecord]:
-    from dualenc.core.extract import scan_functions
+    from dualenc.core.data.extract import scan_functions
 
     # every function, docstring kept: the same records `dualenc data extract` reads, unfiltered
     for function in scan_functions([path], keep_docstring=True).functions:

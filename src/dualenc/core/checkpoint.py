@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dualenc import __version__
-from dualenc.core.io import fsync_tree, old_twin, replace_dir
+from dualenc.core.io import fsync_tree, old_twin, read_json, replace_dir
 from dualenc.errors import DualencError
 
 log = logging.getLogger("dualenc.train")
@@ -53,10 +53,7 @@ def read_encoder_record(directory: Path) -> dict:
         raise DualencError(f"{directory}: checkpoint directory not found")
     if not path.is_file():
         raise DualencError(f"{directory}: not an encoder checkpoint (no {ENCODER_CONFIG})")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DualencError(f"{path}: unreadable ({exc})") from None
+    record = read_json(path)
     if not isinstance(record, dict) or "plugin" not in record:
         raise DualencError(f"{path}: missing key 'plugin'")
     return record
@@ -209,7 +206,7 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
     json_path = directory / TRAINER_JSON
     if not json_path.is_file():
         raise DualencError(f"{directory}: no {TRAINER_JSON}; not a resumable training checkpoint")
-    record = json.loads(json_path.read_text())
+    record = read_json(json_path)
     tensors = load_file(str(directory / TRAINER_TENSORS))
     miner = dict(record["miner"])
     for key, value in tensors.items():

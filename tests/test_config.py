@@ -1,7 +1,10 @@
 """Config loading: every problem reported at once, with file, line and key path."""
 
+import subprocess
+import sys
 import textwrap
 
+import fakes
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -9,7 +12,9 @@ from click.testing import CliRunner
 from dualenc.cli import cli
 from dualenc.core.config import RunConfig, TrainConfig
 from dualenc.core.configio import dump_yaml, load_config, unstructure
-from dualenc.errors import ConfigError
+from dualenc.core.device import resolve_device
+from dualenc.core.loop import train
+from dualenc.errors import ConfigError, DualencError
 
 
 def write(tmp_path, text, name="x.yaml"):
@@ -187,3 +192,184 @@ def test_cli_validate_and_show(tmp_path):
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert shown["train"]["batch_size"] == 4 and shown["plugins"]["trackers"] == ["console"]
+
+
+def cli_run(*args):
+    """(exit code, output) of ``dualenc ARGS``; a traceback fails the test."""
+    result = CliRunner().invoke(cli, [str(arg) for arg in args])
+    assert "Traceback" not in result.output and not isinstance(result.exception, AssertionError)
+    if result.exit_code not in (0, 2):
+        raise AssertionError(result.output) from result.exception
+    return result.exit_code, result.output
+
+
+def cli_error(*args) -> str:
+    """The message of a command that must exit 2."""
+    code, output = cli_run(*args)
+    assert code == 2, output
+    return output.removeprefix("error: ").strip()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("train.batch_size=[1,2", "expected ',' or ']', but got '<stream end>'"),
+        ("train.batch_size=@x", "found character '@' that cannot start any token"),
+        ("train.batch_size=*x", "found undefined alias 'x'"),
+        ("encoder={d_model: 8", "expected ',' or '}', but got '<stream end>'"),
+    ],
+)
+def test_set_values_that_are_not_yaml_are_config_problems(value, reason):
+    key, _, raw = value.partition("=")
+    message = cli_error("config", "validate", "--set", value)
+    assert message == f"--set {key}: {key}: not valid YAML ({reason}): {raw!r}"
+
+
+@pytest.mark.parametrize("raw", ["*runs", "@runs/x", "yes", "0123", "2024-01-01", "2024-13-45", "1e3", "[a"])
+def test_a_string_field_takes_a_set_value_as_written(raw):
+    code, output = cli_run("config", "show", "--set", f"output_dir={raw}")
+    assert code == 0, output
+    assert yaml.safe_load(output)["output_dir"] == raw  # and the shown YAML loads back to it
+    assert load_config(None, sets=[f"output_dir={raw}"]).output_dir == raw
+    # YAML quoting still applies: the quotes are not part of the value
+    assert load_config(None, sets=[f"output_dir='{raw}'"]).output_dir == raw
+
+
+def test_a_string_field_takes_a_yaml_scalar_as_written(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        output_dir: yes
+        data: {train_file: 0123, val_file: 2024-01-01, cache_dir: 2024-13-45}
+        model: {tokenizer: 0x1F}
+        evaluator: {distractors: no}
+        plugins: {trackers: [console]}
+        retrieval: {encoder_checkpoint: 2024-01-01 10:00:00, faiss_index: 1e3}
+        """,
+    )
+    code, output = cli_run("config", "show", "--config", path)
+    assert code == 0, output
+    config = load_config(write(tmp_path, output, "shown.yaml"))
+    assert config == load_config(path)
+    assert (config.output_dir, config.data.train_file, config.data.val_file) == ("yes", "0123", "2024-01-01")
+    assert (config.data.cache_dir, config.encoder.tokenizer, config.evaluator.distractors) == (
+        "2024-13-45",
+        "0x1F",
+        "no",
+    )
+    assert config.retrieval.encoder_checkpoint == "2024-01-01 10:00:00"
+
+
+def test_other_fields_stay_strict(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        train:
+          batch_size: yes
+          seed: 2024-01-01
+          max_steps: !!int x
+          warmup_steps: 2024-13-45
+        data: {bucket_window: '8'}
+        """,
+    )
+    assert cli_error("config", "validate", "--config", path).splitlines() == [
+        f"{path}:2: train.batch_size: expected an integer, got bool True",
+        f"{path}:3: train.seed: expected an integer, got date datetime.date(2024, 1, 1)",
+        f"{path}:4: train.max_steps: expected an integer, got str 'x'",
+        f"{path}:5: train.warmup_steps: expected an integer, got str '2024-13-45'",
+        f"{path}:6: data.bucket_window: expected an integer, got str '8'",
+    ]
+    assert cli_error("config", "validate", "--set", "train.eval_at_start=maybe", "--set", "output_dir=~") == (
+        "--set train.eval_at_start: train.eval_at_start: expected true or false, got str 'maybe'\n"
+        "--set output_dir: output_dir: expected a string, got NoneType None"
+    )
+
+
+def test_duplicate_keys_are_reported_with_both_lines(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+        train:
+          batch_size: 8
+          max_steps: 10
+          batch_size: 4
+        output_dir: a
+        data: {cache_dir: c, cache_dir: d}
+        output_dir: b
+        """,
+    )
+    assert cli_error("config", "validate", "--config", path).splitlines() == [
+        f"{path}:4: train.batch_size: duplicate key (first at line 2)",
+        f"{path}:6: data.cache_dir: duplicate key (first at line 6)",
+        f"{path}:7: output_dir: duplicate key (first at line 5)",
+    ]
+    # a key that overrides one merged in with << is no duplicate
+    merged = write(tmp_path, "train: {<<: {batch_size: 2, seed: 1}, batch_size: 3}\n", "merged.yaml")
+    assert (load_config(merged).train.batch_size, load_config(merged).train.seed) == (3, 1)
+
+
+def test_a_set_value_replaces_what_the_file_said_below_it(tmp_path):
+    path = write(tmp_path, "train:\n  device: cpu\n  batch_size: 0\n")
+    # the file's line 3 and its text no longer describe train.*
+    assert cli_error("config", "validate", "--config", path, "--set", "train={batch_size: -1}") == (
+        "--set train: train.batch_size: must be >= 1 (got -1)"
+    )
+
+
+def usable_cuda_problem() -> tuple[str, str]:
+    """A cuda device name this torch cannot use here, and why."""
+    import torch
+
+    if torch.version.cuda is None:
+        return "cuda", f"this torch ({torch.__version__}) was built without CUDA"
+    if not torch.cuda.is_available():
+        return "cuda", "no CUDA device is visible"
+    count = torch.cuda.device_count()
+    return f"cuda:{count}", f"there are {count} CUDA device(s)"
+
+
+def test_device_is_checked_when_the_config_loads(tmp_path, pair_files):
+    import torch
+
+    usable = "auto, cpu" + (
+        ", cuda, " + ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        if torch.cuda.is_available()
+        else ""
+    )
+    path = write(tmp_path, "train:\n  device: tpu\n")
+    assert cli_error("config", "validate", "--config", path) == (
+        f"{path}:2: train.device: unknown device 'tpu'; choose one of: {usable}"
+    )
+    name, why = usable_cuda_problem()
+    expected = f"--set train.device: train.device: cannot use {name!r}: {why}; choose one of: {usable}"
+    assert cli_error("config", "validate", "--set", f"train.device={name}") == expected
+    for ok in ("auto", "cpu"):
+        assert cli_run("config", "validate", "--set", f"train.device={ok}")[0] == 0
+    # dualenc train refuses it before any work
+    config = write(tmp_path, dump_yaml(fakes.tiny_config(tmp_path, pair_files)), "run.yaml")
+    assert cli_error("train", "--config", config, "--set", f"train.device={name}") == expected
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    with pytest.raises(DualencError, match="device: unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_the_device_check_leaves_torch_unimported():
+    code = (
+        "import sys; from dualenc.core.config import TrainConfig; "
+        "TrainConfig(device='cpu'); TrainConfig(device='auto'); assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("key", ["train_file", "val_file"])
+def test_training_checks_the_data_files_before_any_work(tmp_path, pair_files, key):
+    run = fakes.tiny_config(tmp_path, pair_files)
+    config = write(tmp_path, dump_yaml(run), "run.yaml")
+    missing, folder = tmp_path / "missing.jsonl", tmp_path
+    for value, problem in ((missing, "file not found"), (folder, "not a file")):
+        message = cli_error("train", "--config", config, "--set", f"data.{key}={value}")
+        assert message == f"data.{key}: {value}: {problem}"
+        with pytest.raises(ConfigError, match=f"data.{key}: "):
+            train(load_config(config, sets=[f"data.{key}={value}"]))
+    # found before a model was built or a file tokenized: nothing was written
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -15,6 +15,18 @@ import attrs
 from dualenc.validators import at_least, greater_than, non_empty, one_of
 
 
+def usable_device(instance, attribute, value) -> None:
+    """A device this torch can use here. torch is imported only for names other than auto and
+    cpu: the defaults load without it, and only a cuda name asks whether CUDA is there."""
+    if not isinstance(value, str) or value in ("auto", "cpu"):
+        return
+    from dualenc.core.device import device_problem
+
+    problem = device_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 @attrs.frozen
 class PluginSelection:
     """Which registered component to use for each kind (``--plugin kind=name`` overrides)."""
@@ -62,7 +74,8 @@ class TrainConfig:
     seed: int = 42
     # "auto": bf16 autocast where the device supports it, else fp32
     precision: str = attrs.field(default="auto", validator=one_of("auto", "fp32", "bf16"))
-    device: str = "auto"
+    # "auto", "cpu", "cuda" or "cuda:N": checked against what this torch can use when loaded
+    device: str = attrs.field(default="auto", validator=usable_device)
     # GradCache: encode the batch in chunks of this many pairs (None: all at once)
     grad_cache_chunk: int | None = attrs.field(default=None, validator=at_least(1))
     # evaluate once before the first step, so every run logs its starting point

@@ -8,6 +8,8 @@ problems are reported together as ``file:line: key.path: message``.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -77,26 +79,36 @@ CONVERTER = make_converter()
 
 @attrs.define
 class Problems:
-    """Collects problems and formats each with its source (file and line, or the flag)."""
+    """Collects problems and formats each with its source (file and line, or the flag).
+
+    ``texts`` holds each scalar's text as written (a ``str`` field takes it as is);
+    ``unparsed`` the ``--set`` values that are not YAML, with the reason, until a field
+    takes them as text or they are reported.
+    """
 
     source: str
     lines: dict[tuple, int]
     origins: dict[tuple, str]
     items: list[str] = attrs.field(factory=list)
+    texts: dict[tuple, str] = attrs.field(factory=dict)
+    unparsed: dict[tuple, str] = attrs.field(factory=dict)
     _lines: list[int] = attrs.field(factory=list, init=False)
 
-    def add(self, path: tuple, message: str) -> None:
+    def add(self, path: tuple, message: str, line: int | None = None) -> None:
         dotted = ".".join(str(p) for p in path) or "(top level)"
-        where, line = self.source, 0
-        for depth in range(len(path), -1, -1):
-            prefix = tuple(path[:depth])
-            if prefix in self.origins:
-                where = self.origins[prefix]
-                break
-            if prefix in self.lines:
-                line = self.lines[prefix]
-                where = f"{self.source}:{line}"
-                break
+        if line is not None:  # a problem of the file's text itself (a duplicate key)
+            where = f"{self.source}:{line}"
+        else:
+            where, line = self.source, 0
+            for depth in range(len(path), -1, -1):
+                prefix = tuple(path[:depth])
+                if prefix in self.origins:
+                    where = self.origins[prefix]
+                    break
+                if prefix in self.lines:
+                    line = self.lines[prefix]
+                    where = f"{self.source}:{line}"
+                    break
         # keep file order: insert after every problem on an earlier or the same line
         position = len(self.items)
         while position > 0 and self._lines[position - 1] > line:
@@ -110,22 +122,81 @@ class Problems:
         self._lines.insert(0, 0)
 
 
-def _line_map(node, path=()) -> dict[tuple, int]:
-    lines: dict[tuple, int] = {}
+def _lenient(construct):
+    """A scalar constructor that gives the text as written where the typed reading fails
+    (``2024-13-45``, ``!!int x``): the target field then judges the text."""
+
+    def wrapper(loader, node):
+        try:
+            return construct(loader, node)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            return node.value
+
+    return wrapper
+
+
+TYPED_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp"))
+
+
+class _Loader(yaml.SafeLoader):
+    yaml_constructors = {
+        **yaml.SafeLoader.yaml_constructors,
+        **{tag: _lenient(yaml.SafeLoader.yaml_constructors[tag]) for tag in TYPED_TAGS},
+    }
+
+
+@attrs.define
+class Parsed:
+    """A YAML text read: the data, and the line and source text of every key and scalar."""
+
+    data: Any
+    lines: dict[tuple, int] = attrs.field(factory=dict)
+    texts: dict[tuple, str] = attrs.field(factory=dict)
+    # (path, line, line of the first occurrence) of each key given twice in one mapping
+    duplicates: list[tuple[tuple, int, int]] = attrs.field(factory=list)
+
+
+def parse_yaml(text: str, path: tuple = ()) -> Parsed:
+    """Parse once: the composed node gives lines and texts, and is then constructed."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        parsed = Parsed(None)
+        if node is not None:
+            # walked first: constructing merges ``<<`` keys into the node, as if written twice
+            _walk_nodes(node, path, parsed)
+            parsed.data = loader.construct_document(node)
+    finally:
+        loader.dispose()
+    return parsed
+
+
+def _walk_nodes(node, path: tuple, parsed: Parsed) -> None:
     if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
         for key_node, value_node in node.value:
             sub = path + (key_node.value,)
-            lines[sub] = key_node.start_mark.line + 1
-            lines.update(_line_map(value_node, sub))
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in first:
+                    parsed.duplicates.append((sub, line, first[key_node.value]))
+                first.setdefault(key_node.value, line)
+            parsed.lines[sub] = line
+            _walk_nodes(value_node, sub, parsed)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines[path + (index,)] = item.start_mark.line + 1
-            lines.update(_line_map(item, path + (index,)))
-    return lines
+            parsed.lines[path + (index,)] = item.start_mark.line + 1
+            _walk_nodes(item, path + (index,), parsed)
+    elif isinstance(node, yaml.ScalarNode):
+        parsed.texts[path] = node.value
 
 
-def read_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
-    """The mapping in a YAML file and the line of every key in it."""
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    return getattr(exc, "problem", None) or str(exc)
+
+
+def read_yaml(path: str | Path) -> Parsed:
+    """The mapping in a YAML file, with the line and text of every key and scalar in it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -134,28 +205,28 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        parsed = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}: invalid YAML: {reason}"]) from None
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
+        raise ConfigError([f"{where}: invalid YAML: {_yaml_reason(exc)}"]) from None
+    if parsed.data is None:
+        return Parsed({})
+    if not isinstance(parsed.data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-    return data, _line_map(node)
+    return parsed
 
 
-def _translate_seed(data: dict, lines: dict[tuple, int]) -> dict:
+def _translate_seed(data: dict, *maps: dict[tuple, Any]) -> dict:
     """Accept the seed's spellings: model -> encoder, training -> train,
-    train.temperature -> loss.temperature, train.use_hard_negatives -> plugins.miner."""
+    train.temperature -> loss.temperature, train.use_hard_negatives -> plugins.miner.
+    ``maps`` (lines, texts) are keyed by path: the new paths get the old paths' entries."""
 
     def move(src: tuple, dst: tuple) -> None:
-        for key, line in list(lines.items()):
-            if key[: len(src)] == src:
-                lines.setdefault(dst + key[len(src) :], line)
+        for entries in maps:
+            for key, entry in list(entries.items()):
+                if key[: len(src)] == src:
+                    entries.setdefault(dst + key[len(src) :], entry)
 
     data = dict(data)
     for seed, ours in (("model", "encoder"), ("training", "train")):
@@ -199,8 +270,17 @@ def _apply_sets(data: dict, sets: list[str], problems: Problems) -> None:
                 break
             target = child
         else:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-            target[path[-1]] = value
+            # what the file said at or below this path no longer applies
+            for entries in (problems.lines, problems.texts, problems.unparsed):
+                for stale in [p for p in entries if p[: len(path)] == path]:
+                    del entries[stale]
+            try:
+                parsed = parse_yaml(raw, path) if raw.strip() else Parsed("")
+            except yaml.YAMLError as exc:  # a str field takes it as written; others report it
+                parsed = Parsed(raw.strip(), texts={path: raw.strip()})
+                problems.unparsed[path] = _yaml_reason(exc)
+            target[path[-1]] = parsed.data
+            problems.texts.update(parsed.texts)
             problems.origins[path] = f"{SET_SOURCE} {key}"
 
 
@@ -255,6 +335,26 @@ def _walk_errors(exc: BaseException, path: tuple, problems: Problems):
         problems.add(path, message)
 
 
+def _takes_text(type_: Any) -> bool:
+    """A ``str`` or ``str | None`` field: it takes a scalar's text as written."""
+    if type_ is str:
+        return True
+    union = typing.get_origin(type_) in (typing.Union, types.UnionType)
+    return union and set(typing.get_args(type_)) == {str, type(None)}
+
+
+def _as_written(value: Any, type_: Any, path: tuple, texts: dict[tuple, str]) -> Any:
+    """``value`` with every non-string scalar bound for a string field (``yes``, ``0123``,
+    ``2024-01-01``) replaced by its source text; values from Python (no text) stay strict."""
+    if _takes_text(type_):
+        if value is not None and not isinstance(value, (str, dict, list)) and path in texts:
+            return texts[path]
+    elif typing.get_origin(type_) is tuple and isinstance(value, list):
+        (item,) = {a for a in typing.get_args(type_) if a is not Ellipsis}
+        return [_as_written(v, item, path + (i,), texts) for i, v in enumerate(value)]
+    return value
+
+
 def structure(data: Any, cls: type, path: tuple, problems: Problems) -> Any:
     """Structure ``data`` into the attrs class ``cls`` field by field.
 
@@ -269,20 +369,27 @@ def structure(data: Any, cls: type, path: tuple, problems: Problems) -> Any:
     fields = {field.name: field for field in attrs.fields(attrs.resolve_types(cls))}
     for key in data:
         if key not in fields:
+            problems.unparsed.pop(path + (key,), None)  # the unknown key is the problem
             problems.add(path + (key,), unknown_key(key, list(fields)))
     values: dict[str, Any] = {}
     for name, field in fields.items():
         if name not in data:
             continue
+        sub = path + (name,)
+        reason = problems.unparsed.pop(sub, None)
+        if reason is not None and not _takes_text(field.type):
+            problems.add(sub, f"not valid YAML ({reason}): {data[name]!r}")
+            continue
+        raw = _as_written(data[name], field.type, sub, problems.texts)
         if attrs.has(field.type):
-            value = structure(data[name], field.type, path + (name,), problems)
+            value = structure(raw, field.type, sub, problems)
         else:
             try:
-                value = CONVERTER.structure(data[name], field.type)
+                value = CONVERTER.structure(raw, field.type)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a path message
-                _walk_errors(exc, path + (name,), problems)
-                value = None
-        if value is not None or data[name] is None:
+                _walk_errors(exc, sub, problems)
+                continue  # keeps its default: its validator has nothing to add
+        if value is not None or raw is None:
             values[name] = value
     with attrs.validators.disabled():
         obj = cls(**values)
@@ -316,7 +423,8 @@ def _resolve_components(config: RunConfig, catalog: Catalog, problems: Problems)
             continue
         trackers[name] = _structure_options(component, trackers.get(name), ("trackers", name), problems)
     changes["trackers"] = trackers
-    return attrs.evolve(config, **changes)
+    with attrs.validators.disabled():  # structure() has checked (and reported) every field
+        return attrs.evolve(config, **changes)
 
 
 def _structure_options(component, block: Any, path: tuple, problems: Problems) -> Any:
@@ -341,19 +449,36 @@ def load_config(
     from dualenc.registry.catalog import load_catalog
 
     source = str(path) if path is not None else "<config>"
-    lines: dict[tuple, int] = {}
-    if path is not None:
-        data, lines = read_yaml(path)
-    data = _translate_seed(dict(data or {}), lines)
-    problems = Problems(source, lines, {})
+    parsed = read_yaml(path) if path is not None else Parsed(data)
+    data = _translate_seed(dict(parsed.data or {}), parsed.lines, parsed.texts)
+    problems = Problems(source, parsed.lines, {}, texts=parsed.texts)
+    for key_path, line, first in parsed.duplicates:
+        problems.add(key_path, f"duplicate key (first at line {first})", line=line)
     _apply_sets(data, list(sets), problems)
     _apply_plugins(data, list(plugins), problems)
     config = structure(data, RunConfig, (), problems) or RunConfig()
     # resolve components even after problems above, so that all are reported at once
     config = _resolve_components(config, catalog or load_catalog(), problems)
+    for key_path, reason in problems.unparsed.items():  # values no field took as text
+        problems.add(key_path, f"not valid YAML ({reason})")
     if problems.items:
         raise ConfigError(problems.items)
     return config
+
+
+def check_input_files(config: RunConfig) -> None:
+    """Raise ConfigError naming each data file a run reads that is missing or not a file,
+    so that a wrong path is found before a model is loaded or a file tokenized."""
+    problems = []
+    for key in ("train_file", "val_file"):
+        name = getattr(config.data, key)
+        path = Path(name)
+        if not path.exists():
+            problems.append(f"data.{key}: {name}: file not found")
+        elif not path.is_file():
+            problems.append(f"data.{key}: {name}: not a file")
+    if problems:
+        raise ConfigError(problems)
 
 
 def unstructure(config: RunConfig) -> dict:

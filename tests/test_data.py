@@ -444,3 +444,140 @@ def test_length_groups_split_mixed_queries_and_keep_alike_lengths_together():
     assert sorted(len(g) for g in groups) == [6, 24]
     assert computed_tokens(mixed) == 6 * 61 + 24 * 10
     assert len(length_groups(np.full(32, 100), overhead=64)) == 1
+
+
+# --- degenerate data, damaged caches, the skip report ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (
+            [("sort a list", "def f(x):\n    return sorted(x)")] * 5,
+            r"train.jsonl: 5 pairs, 1 distinct queries, 1 distinct codes .* every pair shares its query",
+        ),
+        (  # one code, whitespace and comments aside, under different queries
+            [(f"query {i}", f"def f(x):  # {i}\n    return  x") for i in range(4)],
+            r"train.jsonl: 4 pairs, 4 distinct queries, 1 distinct codes .* every pair shares its code",
+        ),
+        (
+            [("Sort  a list", f"def f{i}(x): return {i}") for i in range(3)]
+            + [("sort a LIST", "def g(): pass")],
+            r"4 pairs, 1 distinct queries, 4 distinct codes .* shares its query",
+        ),
+        ([("one query", "def one(): pass")], r"train.jsonl: 1 pairs, 1 distinct queries, 1 distinct codes"),
+    ],
+    ids=["all-equal", "one-code", "one-query", "one-pair"],
+)
+def test_pairs_that_cannot_share_a_batch_are_refused(tmp_path: Path, pairs, message):
+    path = write_pairs(tmp_path / "train.jsonl", pairs)
+    pair_set = load_pair_set(path, DataConfig(cache_dir=str(tmp_path / "cache")), TinyEncoder())
+    with pytest.raises(DualencError, match=message + r".*training would see no negatives"):
+        BucketBatchSampler(pair_set, batch_size=4)
+
+
+def test_too_few_distinct_pairs_for_a_full_batch_only_warn(caplog):
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.sampler"):
+        sampler = synthetic_sampler(count=30, batch_size=8, distinct_codes=5)
+    assert "30 pairs, 30 distinct queries, 5 distinct codes: batches hold at most 5 pairs" in caplog.text
+    assert max(len(batch) for batch in take(sampler, 6)) == 5
+
+
+def test_training_on_duplicate_pairs_is_refused_before_it_starts(tmp_path: Path, pair_files):
+    from fakes import tiny_config
+
+    from dualenc.core.loop import train
+
+    duplicates = write_pairs(tmp_path / "train.jsonl", [("sort a list", "def f(x): return sorted(x)")] * 40)
+    config = tiny_config(tmp_path, (duplicates, pair_files[1]))
+    with pytest.raises(DualencError, match=r"train.jsonl: 40 pairs, 1 distinct queries, 1 distinct codes"):
+        train(config)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_val_pool_of_one_is_refused_and_a_small_one_warned_about(tmp_path: Path, caplog):
+    one = write_pairs(tmp_path / "one.jsonl", [("sort a list", "def f(x): return sorted(x)")] * 3)
+    message = r"one.jsonl: 3 pairs, 1 distinct queries, 1 distinct codes: ranking a pool of 1 candidate"
+    with pytest.raises(DualencError, match=message + r" scores MRR 1.0 whatever the encoder"):
+        load_eval_set(one, DataConfig())
+    many = make_pairs_file(tmp_path / "val.jsonl", count=40)
+    with pytest.raises(DualencError, match=r"val.jsonl: 1 pairs, .* \(or raise data.max_val_pairs\)"):
+        load_eval_set(many, DataConfig(max_val_pairs=1))
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.evalsets"):
+        assert len(load_eval_set(many, DataConfig(max_val_pairs=4)).pool) == 4
+    assert (
+        "val.jsonl: 4 pairs, 4 distinct queries, 4 distinct codes: a pool this small says little"
+        in caplog.text
+    )
+    assert "(a random ranking scores MRR 0.52)" in caplog.text  # (1 + 1/2 + 1/3 + 1/4) / 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.evalsets"):
+        load_eval_set(write_pairs(tmp_path / "big.jsonl", 60), DataConfig())
+    assert caplog.text == ""
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _cache_entry(tmp_path: Path) -> tuple[Path, DataConfig, Path]:
+    data = make_pairs_file(tmp_path / "train.jsonl")
+    config = DataConfig(cache_dir=str(tmp_path / "cache"))
+    load_pair_set(data, config, TinyEncoder())
+    (entry,) = (tmp_path / "cache").iterdir()
+    return data, config, entry
+
+
+@pytest.mark.parametrize(
+    ("damage", "warning"),
+    [
+        (lambda e: (e / "code_ids.npy").write_bytes(b""), "unreadable token cache, rebuilding (No data left"),
+        (
+            lambda e: (e / "query_offsets.npy").write_bytes((e / "query_offsets.npy").read_bytes()[:100]),
+            "unreadable",
+        ),
+        (lambda e: (e / "info.json").write_text("{garbage"), "unreadable token cache, rebuilding (Expecting"),
+        (lambda e: (e / "info.json").write_bytes(b"\xff\xfe"), "unreadable token cache, rebuilding"),
+        (lambda e: (e / "info.json").write_text("[]"), "token cache does not match the data, rebuilding"),
+        (lambda e: np.save(e / "code_key.npy", np.zeros(40)), "token cache does not match the data"),
+        (lambda e: np.save(e / "code_offsets.npy", np.arange(41)[::-1].copy()), "does not match the data"),
+        (lambda e: (e / "query_key.npy").unlink(), "unreadable token cache, rebuilding"),
+    ],
+    ids=[
+        "empty-npy",
+        "truncated-npy",
+        "info-not-json",
+        "info-not-utf8",
+        "info-list",
+        "float-keys",
+        "offsets-backwards",
+        "missing-npy",
+    ],
+)
+def test_a_damaged_token_cache_is_rebuilt_with_a_warning(tmp_path: Path, caplog, damage, warning):
+    data, config, entry = _cache_entry(tmp_path)
+    expected = np.array(load_pair_set(data, config, TinyEncoder()).code_key)  # a copy, not the mmap
+    damage(entry)
+    encoder = TinyEncoder()
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.pairset"):
+        pairs = load_pair_set(data, config, encoder)
+    assert encoder.texts_tokenized == 80 and warning in caplog.text and str(entry) in caplog.text
+    np.testing.assert_array_equal(pairs.code_key, expected)
+    again = TinyEncoder()
+    load_pair_set(data, config, again)
+    assert again.texts_tokenized == 0
+
+
+def test_training_reports_skipped_records_once(tmp_path: Path, pair_files, caplog):
+    import attrs
+    from fakes import tiny_config
+
+    from dualenc.core.loop import train
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text(pair_files[0].read_text() + "{not json\n")
+    config = tiny_config(tmp_path, (train_file, pair_files[1]), max_steps=1, eval_interval=1, save_interval=1)
+    config = attrs.evolve(config, data=attrs.evolve(config.data, on_bad_record="skip"))
+    with caplog.at_level(logging.WARNING, logger="dualenc.core.data.records"):
+        train(config)
+    assert caplog.text.count("skipped 1 bad records") == 1, caplog.text

@@ -260,3 +260,16 @@ def test_cli_evaluate_refuses_what_the_evaluator_cannot_do(pairs_file, count_eva
     result = CliRunner().invoke(evaluate, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_cli_refuses_a_pool_of_one_candidate(tmp_path, hashbag_catalog):
+    from dualenc.cli import cli
+
+    one = write_pairs(tmp_path / "one.jsonl", [("sort a list", "def f(x): return sorted(x)")])
+    result = CliRunner().invoke(cli, ["evaluate", "--encoder", "hashbag", "--data", str(one)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert (
+        "one.jsonl: 1 pairs, 1 distinct queries, 1 distinct codes: ranking a pool of 1 candidate"
+        in result.output
+    )
+    assert "Traceback" not in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sysconfig
 from pathlib import Path
 
@@ -311,3 +312,45 @@ def test_cli_extract_prints_a_summary(tmp_path: Path):
 def test_cli_rejects_a_missing_source(tmp_path: Path):
     result = CliRunner().invoke(data, ["extract", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def _no_pairs_tree(root: Path, kind: str) -> None:
+    root.mkdir(parents=True)
+    if kind == "unparsable":
+        for name in ("a.py", "b.py", "c.py"):
+            (root / name).write_text("def broken(:\n    pass\n")
+    elif kind == "no-docstrings":
+        (root / "a.py").write_text("def one(x):\n    y = x + 1\n    return y * 2\n\n\ndef two():\n    pass\n")
+    elif kind == "no-functions":
+        (root / "a.py").write_text("X = 1\n")
+        (root / "b.py").write_text("def broken(:\n")
+    elif kind == "tests-only":
+        (root / "test_a.py").write_text("def test_x():\n    assert True\n")
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("unparsable", r"src: no pairs: 3 files read, all unparsable"),
+        (
+            "no-docstrings",
+            r"src: no pairs: 1 files read, 2 functions, none kept \(no_docstring 2\); pairs need",
+        ),
+        ("no-functions", r"src: no pairs: 2 files read, no function in them \(1 unparsable\)"),
+        ("tests-only", r"src: no pairs: no Python source files found \(1 test files are skipped\)"),
+        ("empty", r"src: no pairs: no Python source files found$"),
+    ],
+)
+def test_extract_that_finds_no_pairs_says_why_exits_2_and_writes_nothing(tmp_path: Path, kind, message):
+    from dualenc.cli import cli
+
+    root = tmp_path / "src"
+    if kind == "empty":
+        root.mkdir()
+    else:
+        _no_pairs_tree(root, kind)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["data", "extract", str(root), "--out", str(out)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert re.search("error: .*" + message, result.output.strip()), result.output
+    assert "Traceback" not in result.output and not out.exists()

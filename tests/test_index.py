@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 from pathlib import Path
 
@@ -334,7 +335,7 @@ def test_empty_corpus_is_refused_and_writes_nothing(tmp_path, encoder, checkpoin
     corpus.write_text("\n")
     with pytest.raises(DualencError, match=r"empty.jsonl: no code records"):
         build(corpus, tmp_path / "kb", checkpoint, encoder)
-    assert list((tmp_path / "kb").iterdir()) == []
+    assert not (tmp_path / "kb").exists()
 
 
 def test_bad_corpus_line_names_file_and_line(tmp_path, encoder, checkpoint):
@@ -432,3 +433,160 @@ def test_build_and_search_commands(tmp_path, hf_checkpoint, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1:] == ["     def read_csv(path):", "     ... 1 more line"]
+
+
+# --- damaged and hand-edited index files, through the API and the CLI ----------------------
+
+
+def _edit_manifest(edit):
+    def damage(index_dir: Path) -> None:
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+        edit(manifest)
+        (index_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    return damage
+
+
+def _write(name: str, data: bytes):
+    return lambda index_dir: (index_dir / name).write_bytes(data)
+
+
+def _truncate(name: str):
+    def damage(index_dir: Path) -> None:
+        data = (index_dir / name).read_bytes()
+        (index_dir / name).write_bytes(data[: len(data) // 3])
+
+    return damage
+
+
+def _meta_of_another_shape(index_dir: Path) -> None:
+    with sqlite3.connect(index_dir / "meta.sqlite") as db:
+        db.execute("ALTER TABLE records RENAME COLUMN code TO source")
+    db.close()
+
+
+def _smaller_vectors(index_dir: Path) -> None:
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(8))
+    index.add_with_ids(np.zeros((20, 8), dtype=np.float32), np.arange(1, 21, dtype=np.int64))
+    faiss.write_index(index, str(index_dir / "index.faiss"))
+
+
+MANIFEST_DAMAGE = {
+    "encoder-string": (
+        _edit_manifest(lambda m: m.update(encoder="encoder")),
+        r"kb/manifest.json: encoder must be an object, got 'encoder'",
+    ),
+    "no-encoder-hash": (
+        _edit_manifest(lambda m: m["encoder"].pop("hash")),
+        r"kb/manifest.json: missing key 'encoder.hash'",
+    ),
+    "hash-number": (
+        _edit_manifest(lambda m: m["encoder"].update(hash=7)),
+        r"kb/manifest.json: encoder.hash must be a string, got 7",
+    ),
+    "count-string": (
+        _edit_manifest(lambda m: m.update(count="20")),
+        r"kb/manifest.json: count must be an integer, got '20'",
+    ),
+    "no-generation": (
+        _edit_manifest(lambda m: m.pop("generation")),
+        r"kb/manifest.json: missing key 'generation'",
+    ),
+    "not-an-object": (
+        _write("manifest.json", b"[1, 2]"),
+        r"kb/manifest.json: expected a JSON object, got list",
+    ),
+    "not-json": (_write("manifest.json", b'{"format": 1,'), r"kb/manifest.json: not valid JSON"),
+}
+FILE_DAMAGE = {
+    "garbage-meta": (_write("meta.sqlite", b"not a database " * 100), r"kb/meta.sqlite: unreadable"),
+    "truncated-meta": (_truncate("meta.sqlite"), r"kb/meta.sqlite: unreadable"),
+    "empty-meta": (_write("meta.sqlite", b""), r"kb/meta.sqlite: unreadable"),
+    "meta-of-another-shape": (_meta_of_another_shape, r"kb/meta.sqlite: unreadable \(no such column: code\)"),
+    "garbage-index": (_write("index.faiss", b"\x00garbage" * 50), r"kb/index.faiss: unreadable faiss index"),
+    "empty-index": (_write("index.faiss", b""), r"kb/index.faiss: unreadable faiss index"),
+}
+
+
+@pytest.mark.parametrize(("damage", "message"), MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
+def test_a_manifest_of_the_wrong_shape_is_named(tmp_path, built, encoder, checkpoint, damage, message):
+    damage(built)
+    with pytest.raises(DualencError, match=message):
+        Retriever.load(built, checkpoint, encoder=encoder)
+    with pytest.raises(DualencError, match=message):
+        Retriever.load(built, encoder=encoder)  # the checkpoint the manifest records
+    with pytest.raises(DualencError, match=message):
+        build(tmp_path / "corpus.jsonl", built, checkpoint, encoder, update=True)
+
+
+@pytest.mark.parametrize(("damage", "message"), FILE_DAMAGE.values(), ids=FILE_DAMAGE.keys())
+def test_damaged_index_files_are_named(tmp_path, built, encoder, checkpoint, damage, message):
+    damage(built)
+    with pytest.raises(DualencError, match=message):
+        Retriever.load(built, checkpoint, encoder=encoder)
+    with pytest.raises(DualencError, match=message):
+        build(tmp_path / "corpus.jsonl", built, checkpoint, encoder, update=True)
+
+
+def test_an_index_of_other_vectors_than_the_encoders_is_refused(tmp_path, built, encoder, checkpoint):
+    _smaller_vectors(built)
+    message = r"kb/index.faiss: holds 8-dimensional vectors, but the encoder makes 32-dimensional ones"
+    with pytest.raises(DualencError, match=message):
+        Retriever.load(built, checkpoint, encoder=encoder)
+    with pytest.raises(DualencError, match=message):
+        build(tmp_path / "corpus.jsonl", built, checkpoint, encoder, update=True)
+
+
+def run_cli(*args: str):
+    """``dualenc ARGS`` as the console script runs it: its errors exit 2 with a message."""
+    from dualenc.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_user_error(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [*MANIFEST_DAMAGE.values(), *FILE_DAMAGE.values()],
+    ids=[*MANIFEST_DAMAGE.keys(), *FILE_DAMAGE.keys()],
+)
+def test_cli_names_a_damaged_index_and_exits_2(tmp_path, built, checkpoint, damage, message):
+    damage(built)
+    assert_user_error(
+        run_cli("search", "--index", str(built), "--encoder-checkpoint", str(checkpoint), "x"), message
+    )
+    update = ["index", "build", "--encoder-checkpoint", str(checkpoint), "--update"]
+    update += ["--code-corpus", str(tmp_path / "corpus.jsonl"), "--output-dir", str(built)]
+    assert_user_error(run_cli(*update), message)
+
+
+@pytest.mark.parametrize("queries", [[""], [" "], ["find a file", "\t\n"]], ids=["empty", "space", "second"])
+def test_blank_queries_are_refused(built, encoder, checkpoint, queries):
+    position = len(queries)
+    with Retriever.load(built, checkpoint, encoder=encoder) as retriever:
+        with pytest.raises(DualencError, match=rf"query {position}: is empty or blank"):
+            retriever.search(queries)
+        with pytest.raises(DualencError, match=r"query 1: must be a string, got NoneType"):
+            retriever.search([None])
+    result = run_cli("search", "--index", str(built), "--encoder-checkpoint", str(checkpoint), *queries)
+    assert_user_error(result, rf"error: query {position}: is empty or blank; give some words to search for")
+
+
+def test_a_failed_build_leaves_no_folder_it_created(tmp_path, encoder, checkpoint):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"code": "def f(): pass"}\n{"path": "x.py"}\n')
+    message = r"corpus.jsonl:2: 'code' must be a non-empty string"
+    with pytest.raises(DualencError, match=message):
+        build(corpus, tmp_path / "new" / "deeper" / "kb", checkpoint, encoder)
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"  # a folder the user made stays, empty as it was
+    existing.mkdir()
+    with pytest.raises(DualencError, match=message):
+        build(corpus, existing, checkpoint, encoder)
+    assert list(existing.iterdir()) == []

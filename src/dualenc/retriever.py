@@ -17,7 +17,14 @@ from dualenc.core.checkpoint import checkpoint_hash, load_encoder, resolve
 from dualenc.core.config import RetrievalConfig, RunConfig
 from dualenc.core.device import resolve_device
 from dualenc.core.encode import encode_texts
-from dualenc.core.index.store import MANIFEST_FILE, META_FILE, check_encoder, open_index, read_manifest
+from dualenc.core.index.store import (
+    MANIFEST_FILE,
+    META_FILE,
+    check_dim,
+    check_encoder,
+    open_index,
+    read_manifest,
+)
 from dualenc.errors import ConfigError, DualencError
 
 # sqlite's smallest default limit on bound parameters per statement
@@ -94,6 +101,7 @@ class Retriever:
             if encoder is None:
                 encoder, _, _ = load_encoder(checkpoint, catalog)
                 encoder.to(resolve_device())
+            check_dim(index_dir, index, encoder.dim)
         except BaseException:
             meta.close()
             raise
@@ -119,6 +127,7 @@ class Retriever:
             queries = [queries]
         if not queries:
             return []
+        check_queries(queries)
         return self.search_vectors(self.encode(queries), k)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
@@ -159,6 +168,16 @@ class Retriever:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def check_queries(queries: Sequence[str]) -> None:
+    """Refuse a query that is not a string or is blank: it would match nothing in particular,
+    yet still return k hits."""
+    for position, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise DualencError(f"query {position + 1}: must be a string, got {type(query).__name__}")
+        if not query.strip():
+            raise DualencError(f"query {position + 1}: is empty or blank; give some words to search for")
 
 
 def _retrieval_config(config: RunConfig | RetrievalConfig | dict[str, Any]) -> RetrievalConfig:

@@ -48,8 +48,9 @@ def search(
     as_json: bool,
 ):
     """Search an index with natural-language QUERIES."""
-    from dualenc.retriever import Retriever
+    from dualenc.retriever import Retriever, check_queries
 
+    check_queries(queries)  # before the encoder is loaded
     with Retriever.load(index_dir, encoder_checkpoint, catalog=current_catalog()) as retriever:
         results = retriever.search(list(queries), k=k)
     if as_json:

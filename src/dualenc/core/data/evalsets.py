@@ -6,6 +6,7 @@ here, so a pool is deduplicated the same way wherever a number comes from.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,11 @@ from dualenc.core.io import iter_jsonl, read_json
 from dualenc.errors import DualencError
 from dualenc.registry.kinds import EvalSet
 
+logger = logging.getLogger(__name__)
+
+# pools of fewer candidates are refused / warned about (see load_eval_set)
+MIN_POOL = 2
+SMALL_POOL = 50
 COSQA_DIR_ENV = "DUALENC_COSQA_DIR"
 COSQA_CODES = "code_idx_map.txt"
 COSQA_SPLITS = {"dev": "cosqa-retrieval-dev-500.json", "test": "cosqa-retrieval-test-500.json"}
@@ -51,9 +57,35 @@ def eval_set_from_pairs(
 
 
 def load_eval_set(path: str | Path, data_config: DataConfig, name: str = "val") -> EvalSet:
-    """The evaluation set of a pairs file, honouring ``data_config.max_val_pairs``."""
+    """The evaluation set of a pairs file, honouring ``data_config.max_val_pairs``.
+
+    A pool of one candidate is refused: every query ranks it first, MRR 1.0 whatever the
+    encoder. A small pool only warns, with the score a random ranking gets, because a few
+    dozen candidates still tell encoders apart, only coarsely.
+    """
     records = read_pairs(path, data_config.query_field, data_config.code_field, data_config.on_bad_record)
-    return eval_set_from_pairs(records.queries, records.codes, name, max_pairs=data_config.max_val_pairs)
+    eval_set = eval_set_from_pairs(records.queries, records.codes, name, max_pairs=data_config.max_val_pairs)
+    pool = len(eval_set.pool)
+    used = min(len(records.queries), data_config.max_val_pairs or len(records.queries))
+    counts = f"{used} pairs, {len(eval_set.queries)} distinct queries, {pool} distinct codes"
+    if pool < MIN_POOL:
+        raise DualencError(
+            f"{path}: {counts}: ranking a pool of {pool} candidate scores MRR 1.0 whatever the encoder; "
+            f"give at least {MIN_POOL} pairs with different code"
+            + (" (or raise data.max_val_pairs)" if used < len(records.queries) else "")
+        )
+    if pool < SMALL_POOL:
+        # with one relevant item among n, a random ranking's expected reciprocal rank is H_n / n
+        chance = sum(1 / rank for rank in range(1, pool + 1)) / pool
+        logger.warning(
+            "%s: %s: a pool this small says little (a random ranking scores MRR %.2f); "
+            "use %d or more pairs with different code",
+            path,
+            counts,
+            chance,
+            SMALL_POOL,
+        )
+    return eval_set
 
 
 def text_field(record: dict, field: str, where: str) -> str:

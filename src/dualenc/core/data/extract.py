@@ -435,13 +435,37 @@ def split_files_by_pairs(pair_counts: dict[str, int], val_fraction: float, seed:
     return val
 
 
+def _why_no_pairs(sources: Sequence[Path], scan: SourceScan, skipped_functions: Counter) -> str:
+    """The message of an extraction that kept no pair: what was read and why nothing came of it."""
+    where = ", ".join(str(source) for source in sources)
+    if scan.files_read == 0:
+        tests = len(scan.skipped_files.get("test_file", []))
+        return f"{where}: no pairs: no Python source files found" + (
+            f" ({tests} test files are skipped)" if tests else ""
+        )
+    if not scan.functions:
+        skipped = {r: len(paths) for r, paths in sorted(scan.skipped_files.items()) if r != "test_file"}
+        if len(skipped) == 1 and sum(skipped.values()) == scan.files_read:
+            detail = f"all {next(iter(skipped))}"
+        else:
+            listed = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
+            detail = "no function in them" + (f" ({listed})" if listed else "")
+        return f"{where}: no pairs: {scan.files_read} files read, {detail}"
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped_functions.items()))
+    return (
+        f"{where}: no pairs: {scan.files_read} files read, {len(scan.functions)} functions, none kept "
+        f"({reasons}); pairs need a docstring summary and at least --min-lines lines of code"
+    )
+
+
 def extract_pairs(
     sources: Sequence[Path], out_dir: Path, options: ExtractOptions = ExtractOptions()
 ) -> ExtractStats:
     """Write ``train.jsonl``, ``val.jsonl`` and ``stats.json`` into ``out_dir``.
 
     Each line: ``{"query", "code", "path", "symbol", "line"}``. Codes that are equal after
-    collapsing whitespace are kept once (the first in sorted path order).
+    collapsing whitespace are kept once (the first in sorted path order). Finding no pair at
+    all is a ``DualencError`` saying why, and writes nothing.
     """
     started = time.perf_counter()
     scan = scan_functions(sources, keep_docstring=options.keep_docstring, skip_dirs=options.skip_dirs)
@@ -470,6 +494,8 @@ def extract_pairs(
     val_files = split_files_by_pairs(
         {path: len(pairs) for path, pairs in pairs_by_file.items()}, options.val_fraction, options.seed
     )
+    if not pairs_by_file:
+        raise DualencError(_why_no_pairs(sources, scan, skipped_functions))
     train = [pair for path in sorted(pairs_by_file) if path not in val_files for pair in pairs_by_file[path]]
     val = [pair for path in sorted(pairs_by_file) if path in val_files for pair in pairs_by_file[path]]
     out_dir = Path(out_dir)

@@ -75,6 +75,7 @@ class PairSet:
     metadata: list[dict[str, Any]] | None = None
     skipped: dict[str, int] = attrs.field(factory=dict)
     pad_id: int = 0  # the encoder's, for ``collate``
+    source: str | None = None  # the file the pairs came from, for messages
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -116,20 +117,38 @@ def _tokenize_all(encoder, texts: list[str], side: str) -> RaggedIds:
     return RaggedIds.from_arrays(rows)
 
 
+_CACHE_DTYPES = {"ids": np.int32, "offsets": np.int64, "key": np.int64}
+
+
 def _load_cached(directory: Path, count: int) -> dict[str, np.ndarray] | None:
-    """The cached arrays, memory-mapped, or None when absent or inconsistent."""
-    if not (directory / "info.json").is_file():  # written last: its presence marks a whole cache
+    """The cached arrays, memory-mapped, or None when absent or damaged (a warning: the
+    cache is rebuilt, it holds nothing that cannot be recomputed)."""
+    info_path = directory / "info.json"
+    if not info_path.is_file():  # written last: its presence marks a whole cache
         return None
     try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
         arrays = {}
         for name in _CACHE_ARRAYS:
             arrays[name] = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         logger.warning("%s: unreadable token cache, rebuilding (%s)", directory, exc)
         return None
-    consistent = all(len(arrays[f"{side}_offsets"]) == count + 1 for side in ("query", "code")) and all(
-        len(arrays[f"{side}_key"]) == count and arrays[f"{side}_offsets"][-1] == len(arrays[f"{side}_ids"])
-        for side in ("query", "code")
+    consistent = (
+        isinstance(info, dict)
+        and info.get("pairs") == count
+        and all(
+            array.ndim == 1 and array.dtype == _CACHE_DTYPES[name.rsplit("_", 1)[1]]
+            for name, array in arrays.items()
+        )
+        and all(
+            len(arrays[f"{side}_offsets"]) == count + 1
+            and len(arrays[f"{side}_key"]) == count
+            and arrays[f"{side}_offsets"][0] == 0
+            and arrays[f"{side}_offsets"][-1] == len(arrays[f"{side}_ids"])
+            and bool(np.all(np.diff(arrays[f"{side}_offsets"]) >= 0))
+            for side in ("query", "code")
+        )
     )
     if not consistent:
         logger.warning("%s: token cache does not match the data, rebuilding", directory)
@@ -203,4 +222,5 @@ def load_pair_set(path: str | Path, data_config: DataConfig, encoder) -> PairSet
         metadata=records.metadata,
         skipped=records.skipped,
         pad_id=encoder.pad_id,
+        source=str(path),
     )

@@ -132,12 +132,18 @@ def _parse_record(line: bytes, first_line: bool, query_field: str, code_field: s
 
 
 def read_pairs(
-    path: str | Path, query_field: str = "query", code_field: str = "code", on_bad_record: str = "error"
+    path: str | Path,
+    query_field: str = "query",
+    code_field: str = "code",
+    on_bad_record: str = "error",
+    *,
+    log_skipped: bool = True,
 ) -> PairRecords:
     """Every pair of a ``.jsonl`` or ``.jsonl.gz`` file.
 
     A bad line raises ``DualencError("file:line: what is wrong")``; with
-    ``on_bad_record="skip"`` it is dropped, counted by reason and logged. Blank lines are
+    ``on_bad_record="skip"`` it is dropped, counted by reason and logged (unless not
+    ``log_skipped``: a caller that reads the file again reports once). Blank lines are
     ignored. A file with no pairs at all is an error either way.
     """
     path = Path(path)
@@ -174,7 +180,7 @@ def read_pairs(
             raise DualencError(f"{path}: not a readable gzip file ({exc})") from None
         except OSError as exc:
             raise DualencError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if skipped:
+    if skipped and log_skipped:
         logger.warning(
             "%s: skipped %d bad records: %s",
             path,
@@ -199,6 +205,12 @@ def read_pairs(
 
 
 def read_training_texts(path: str | Path, data_config: DataConfig) -> list[str]:
-    """Every query and code of a pairs file: what ``encoder.prepare`` learns a vocabulary from."""
-    records = read_pairs(path, data_config.query_field, data_config.code_field, data_config.on_bad_record)
+    """Every query and code of a pairs file: what ``encoder.prepare`` learns a vocabulary from.
+
+    Skipped records are not logged here: training reads the file again (``load_pair_set``),
+    and that read reports them.
+    """
+    records = read_pairs(
+        path, data_config.query_field, data_config.code_field, data_config.on_bad_record, log_skipped=False
+    )
     return records.queries + records.codes

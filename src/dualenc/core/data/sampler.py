@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from dualenc.errors import DualencError
 if TYPE_CHECKING:
     from dualenc.core.data.pairset import PairSet
 
+logger = logging.getLogger(__name__)
 # An encoder call has a fixed cost (Python, dispatch, small kernels) that one sequence's worth
 # of tokens would hide: on a 2-core CPU, a MiniLM forward and backward costs about this many
 # tokens more per call. Splitting a batch must save more padding than that.
@@ -60,6 +62,36 @@ def computed_tokens(lengths: np.ndarray) -> int:
     return sum(int(lengths[group].max()) * len(group) for group in length_groups(lengths))
 
 
+def check_batchable(pairs: PairSet, batch_size: int) -> None:
+    """Refuse pairs that cannot form a batch of two: no pair would ever see a negative.
+
+    Two pairs share a batch only when their queries and their codes both differ (by
+    ``query_key`` and ``normalised_code_key``). Among pairs (edges between queries and
+    codes), no two differ in both exactly when all of them share one query or one code,
+    so the distinct counts decide it. Too few of either for a full batch only warns:
+    batches are then smaller than ``batch_size``, but still train.
+    """
+    count = len(pairs)
+    queries = len(np.unique(np.asarray(pairs.query_key)))
+    codes = len(np.unique(np.asarray(pairs.code_key)))
+    where = f"{pairs.source}: " if pairs.source else ""
+    counts = f"{count} pairs, {queries} distinct queries, {codes} distinct codes"
+    if min(queries, codes) < 2:
+        raise DualencError(
+            f"{where}{counts} (case, spacing and comments ignored): every pair shares its "
+            f"{'query' if queries < 2 else 'code'} with all the others, so no batch can hold two of them "
+            "and training would see no negatives (loss 0); give pairs with different queries and codes"
+        )
+    if min(queries, codes) < batch_size:
+        logger.warning(
+            "%s%s: batches hold at most %d pairs, fewer than batch_size %d",
+            where,
+            counts,
+            min(queries, codes),
+            batch_size,
+        )
+
+
 class BucketBatchSampler:
     """Endless batches of pair ids: similar lengths together, no duplicate keys in a batch.
 
@@ -92,6 +124,7 @@ class BucketBatchSampler:
             raise ValueError("batch_size and window must be >= 1")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        check_batchable(pairs, batch_size)
         if num_replicas > 1 and count < batch_size * num_replicas:
             raise DualencError(
                 f"{count} pairs cannot fill one batch of {batch_size} for each of {num_replicas} replicas"

@@ -28,6 +28,7 @@ from dualenc.core.index.options import IndexOptions
 from dualenc.core.index.store import (
     FORMAT_VERSION,
     MetaStore,
+    check_dim,
     check_encoder,
     holds_index,
     install,
@@ -85,39 +86,51 @@ def build_index(
         encoder.to(resolve_device())
     if previous is None:
         store = faiss.IndexIDMap2(faiss.IndexFlatIP(encoder.dim))
+    else:
+        check_dim(output_dir, store, encoder.dim)
 
-    with staged_meta(output_dir, copy_existing=previous is not None) as meta_file:
-        with MetaStore(meta_file) as meta_store:
-            records_read, encoded, encode_seconds = _add_corpus(
-                records, encoder, store, meta_store, options, progress
-            )
-            if records_read == 0:
-                raise DualencError(f"{corpus}: no code records")
-            removed = meta_store.drop_unseen()
-            if meta_store.stale_ids:
-                store.remove_ids(np.asarray(meta_store.stale_ids, dtype=np.int64))
-            index, index_info, recall = index_to_serve(store, options, encoder)
-            generation = uuid.uuid4().hex
-            meta_store.finish(generation)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = {
-            "format": FORMAT_VERSION,
-            "dualenc_version": __version__,
-            "created": previous["created"] if previous else now,
-            "updated": now,
-            "generation": generation,
-            "encoder": {
-                "checkpoint": str(encoder_checkpoint.resolve()),
-                "hash": encoder_hash,
-                "dim": encoder.dim,
-            },
-            "corpus": str(corpus.resolve()),
-            "count": int(index.ntotal),
-            "index": index_info,
-            "exact_threshold": options.exact_threshold,
-            "recall": recall,
-        }
-        install(output_dir, index, meta_file, manifest)
+    # folders this build creates, deepest first: a failed build removes them again
+    created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
+    try:
+        with staged_meta(output_dir, copy_existing=previous is not None) as meta_file:
+            with MetaStore(meta_file) as meta_store:
+                records_read, encoded, encode_seconds = _add_corpus(
+                    records, encoder, store, meta_store, options, progress
+                )
+                if records_read == 0:
+                    raise DualencError(f"{corpus}: no code records")
+                removed = meta_store.drop_unseen()
+                if meta_store.stale_ids:
+                    store.remove_ids(np.asarray(meta_store.stale_ids, dtype=np.int64))
+                index, index_info, recall = index_to_serve(store, options, encoder)
+                generation = uuid.uuid4().hex
+                meta_store.finish(generation)
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            manifest = {
+                "format": FORMAT_VERSION,
+                "dualenc_version": __version__,
+                "created": previous.get("created", now) if previous else now,
+                "updated": now,
+                "generation": generation,
+                "encoder": {
+                    "checkpoint": str(encoder_checkpoint.resolve()),
+                    "hash": encoder_hash,
+                    "dim": encoder.dim,
+                },
+                "corpus": str(corpus.resolve()),
+                "count": int(index.ntotal),
+                "index": index_info,
+                "exact_threshold": options.exact_threshold,
+                "recall": recall,
+            }
+            install(output_dir, index, meta_file, manifest)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else wrote there meanwhile
+                break
+        raise
     return BuildReport(
         output_dir=output_dir,
         count=int(index.ntotal),

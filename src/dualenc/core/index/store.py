@@ -59,7 +59,21 @@ def holds_index(directory: Path) -> bool:
     return any((directory / name).exists() for name in (MANIFEST_FILE, INDEX_FILE, META_FILE))
 
 
+# key path -> the JSON types it must have, and their names for the message; every key a
+# reader or an update uses
+_MANIFEST_SHAPE: dict[tuple[str, ...], tuple[tuple[type, ...], str]] = {
+    ("format",): ((int,), "an integer"),
+    ("generation",): ((str,), "a string"),
+    ("count",): ((int,), "an integer"),
+    ("encoder",): ((dict,), "an object"),
+    ("encoder", "checkpoint"): ((str,), "a string"),
+    ("encoder", "hash"): ((str,), "a string"),
+    ("index",): ((dict,), "an object"),
+}
+
+
 def read_manifest(index_dir: Path) -> dict[str, Any]:
+    """manifest.json, checked to hold every key readers use, each of the right type."""
     index_dir = Path(index_dir)
     path = index_dir / MANIFEST_FILE
     if not index_dir.is_dir():
@@ -69,11 +83,25 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
             f"{path}: missing; {index_dir} is not a dualenc index (build one with dualenc index build)"
         )
     manifest = read_json(path)
-    for key in ("format", "encoder", "count", "index", "generation"):
-        if not isinstance(manifest, dict) or key not in manifest:
-            raise DualencError(f"{path}: missing key {key!r}")
+    if not isinstance(manifest, dict):
+        raise DualencError(
+            f"{path}: expected a JSON object, got {type(manifest).__name__}; rebuild the index"
+        )
+    for keys, (types, described) in _MANIFEST_SHAPE.items():
+        value: Any = manifest
+        for key in keys:  # parents come first in _MANIFEST_SHAPE, so value is a dict here
+            if key not in value:
+                raise DualencError(f"{path}: missing key {'.'.join(keys)!r}; rebuild the index")
+            value = value[key]
+        # bool is an int to Python, never to a manifest
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise DualencError(
+                f"{path}: {'.'.join(keys)} must be {described}, got {value!r:.60}; rebuild the index"
+            )
     if manifest["format"] != FORMAT_VERSION:
         raise DualencError(f"{path}: index format {manifest['format']}; this dualenc reads {FORMAT_VERSION}")
+    if manifest["count"] < 0:
+        raise DualencError(f"{path}: count must be >= 0, got {manifest['count']}; rebuild the index")
     return manifest
 
 
@@ -126,6 +154,8 @@ def _check_consistent(index_dir: Path, manifest: dict, index: faiss.Index, meta:
     meta_path = index_dir / META_FILE
     try:
         rows = meta.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        # every column a search or an update reads: a database of another shape fails here
+        meta.execute("SELECT id, key, content_hash, path, symbol, line, code FROM records LIMIT 1").fetchall()
         generation = meta.execute("SELECT value FROM info WHERE name = 'generation'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise DualencError(f"{meta_path}: unreadable ({exc}); rebuild the index") from None
@@ -138,6 +168,15 @@ def _check_consistent(index_dir: Path, manifest: dict, index: faiss.Index, meta:
         raise DualencError(
             f"{index_dir / INDEX_FILE}: holds {index.ntotal} vectors, but {meta_path} has {rows} records "
             f"and the manifest says {manifest['count']}; the index is truncated or stale, rebuild it"
+        )
+
+
+def check_dim(index_dir: Path, index: faiss.Index, encoder_dim: int) -> None:
+    """Refuse an encoder whose vectors do not fit the index's."""
+    if index.d != encoder_dim:
+        raise DualencError(
+            f"{index_dir / INDEX_FILE}: holds {index.d}-dimensional vectors, but the encoder makes "
+            f"{encoder_dim}-dimensional ones; rebuild the index"
         )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
+
+from dualenc.core.io import atomic_write_json
 
 log = logging.getLogger("dualenc.mining")
 
@@ -195,9 +196,7 @@ def write_manifest(run_dir: Path, step: int, record: dict[str, Any]) -> Path:
     directory = Path(run_dir) / MANIFEST_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"round-{step:07d}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, record)  # a failed write leaves no temporary file behind
     return path
 
 

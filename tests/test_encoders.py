@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download
@@ -13,9 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dualenc.cli import cli
 from dualenc.commands.export import export, export_sentence_transformers
+from dualenc.core.build import build_encoder
 from dualenc.core.checkpoint import load_encoder, save_encoder
+from dualenc.core.configio import dump_yaml, load_config
 from dualenc.core.encode import encode_texts, encode_token_ids, iter_length_sorted_batches, pad_batch
+from dualenc.core.loop import train as train_run
+from dualenc.dropout import Dropout
 from dualenc.errors import DualencError
 from dualenc.plugins.encoders.hf import HFEncoder, HFOptions, read_pooling_mode
 from dualenc.plugins.encoders.transformer import TransformerEncoder, TransformerOptions
@@ -274,3 +280,149 @@ def test_length_sorted_batches_keep_to_the_token_budget_and_cover_every_text():
         assert len(batch) <= 64 and (len(batch) * width <= 1024 or len(batch) == 1)
     assert max(len(b) for b in batches) == 64  # short texts fill a whole batch
     assert [len(b) for b in iter_length_sorted_batches(token_ids, batch_size=64)][:4] == [64] * 4
+
+
+# --- checkpoints: self-contained, options changed on resume, weights that do not fit ------
+
+
+def write_tiny_bert(directory, texts) -> str:
+    """A randomly initialised two-layer BERT with its own WordPiece tokenizer: an hf model folder
+    that loads in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
+    )
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return str(directory)
+
+
+def pair_texts(path) -> list[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [row[side] for row in rows for side in ("query", "code")]
+
+
+def tiny_run_config(tmp_path, pair_files, encoder: dict, plugin: str = "transformer", **train):
+    train_file, val_file = pair_files
+    return load_config(
+        data={
+            "plugins": {"encoder": plugin, "trackers": []},
+            "encoder": encoder,
+            "data": {
+                "train_file": str(train_file),
+                "val_file": str(val_file),
+                "cache_dir": str(tmp_path / "c"),
+            },
+            "train": {"batch_size": 8, "max_steps": 2, "warmup_steps": 1, "eval_interval": 2, **train},
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+
+
+def test_hf_checkpoint_works_after_its_base_model_folder_is_deleted(tmp_path, pair_files):
+    base = write_tiny_bert(tmp_path / "base", pair_texts(pair_files[0]))
+    train_run(tiny_run_config(tmp_path, pair_files, {"model_path": base, "max_seq_len": 32}, "hf"))
+    shutil.rmtree(base)
+    trained = tmp_path / "run" / "last"
+    assert json.loads((trained / "encoder.json").read_text())["options"]["model_path"] == base  # provenance
+
+    runner = CliRunner()
+    args = ["evaluate", "--checkpoint", str(trained), "--data", str(pair_files[1]), "--json"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.stdout)["metrics"]["mrr"] <= 1
+    out = tmp_path / "exported"
+    result = runner.invoke(cli, ["export", str(trained), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    index_args = ["--encoder-checkpoint", str(trained), "--code-corpus", str(pair_files[1])]
+    result = runner.invoke(cli, ["index", "build", *index_args, "--output-dir", str(tmp_path / "index")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "index" / "index.faiss").is_file()
+
+
+TINY_RUN = {"vocab_size": 300, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 64}
+
+
+def write_config_yaml(path, config) -> str:
+    path.write_text(dump_yaml(config))
+    return str(path)
+
+
+def test_resume_refuses_a_changed_option_that_shapes_the_weights(tmp_path, pair_files):
+    first = tiny_run_config(tmp_path / "a", pair_files, TINY_RUN)
+    train_run(first)
+    second = write_config_yaml(tmp_path / "b.yaml", tiny_run_config(tmp_path / "b", pair_files, TINY_RUN))
+    args = ["train", "--config", second, "--resume-from", str(tmp_path / "a" / "run" / "last")]
+    result = CliRunner().invoke(cli, [*args, "--set", "encoder.max_seq_len=128"])
+    assert result.exit_code == 2, result.output
+    assert "encoder.max_seq_len: 64 in the checkpoint, 128 in the config" in result.stderr
+    assert "Traceback" not in result.output and "encoder.dropout" in result.stderr  # what may change
+    assert not (tmp_path / "b" / "run" / "last").exists()
+
+
+def test_resume_trains_and_records_a_changed_option_that_may_change(tmp_path, pair_files):
+    base = write_tiny_bert(tmp_path / "base", pair_texts(pair_files[0]))
+    train_run(tiny_run_config(tmp_path / "a", pair_files, {"model_path": base, "max_seq_len": 16}, "hf"))
+    longer = {"model_path": base, "max_seq_len": 32}
+    second = tiny_run_config(tmp_path / "b", pair_files, longer, "hf", learning_rate=1e-4)
+    second = attrs.evolve(second, data=attrs.evolve(second.data, cache_dir=str(tmp_path / "a" / "c")))
+    train_run(second, resume_from=tmp_path / "a" / "run" / "last")
+
+    resumed = tmp_path / "b" / "run" / "last"
+    assert json.loads((resumed / "encoder.json").read_text())["options"]["max_seq_len"] == 32
+    encoder, _, options = load_encoder(resumed)
+    assert options.max_seq_len == encoder.max_seq_len == 32
+    assert len(encoder.tokenize([LONG_CODE], "code")[0]) == 32
+    # the stage two tokenized its data afresh, at 32, under a cache key of its own
+    assert len(list((tmp_path / "a" / "c").glob("pairs-*"))) == 2
+
+    # the same holds for the transformer's dropout: built with the config's, not the checkpoint's
+    train_run(tiny_run_config(tmp_path / "t", pair_files, TINY_RUN))
+    no_dropout = tiny_run_config(tmp_path / "u", pair_files, {**TINY_RUN, "dropout": 0.0})
+    built = build_encoder(no_dropout, load_catalog(), tmp_path / "t" / "run" / "last")
+    assert built.options == no_dropout.encoder
+    assert {m.p for m in built.modules() if isinstance(m, Dropout)} == {0.0}
+
+
+@pytest.mark.parametrize("plugin", ["transformer", "hf"])
+def test_weights_that_do_not_fit_give_a_short_summary(tmp_path, plugin, pair_files):
+    directory = tmp_path / "checkpoint"
+    if plugin == "transformer":
+        encoder = tiny_transformer()
+        save_encoder(encoder, plugin, encoder.options, directory)
+        edited = directory / "encoder.json"
+        record = json.loads(edited.read_text())
+        record["options"]["d_model"] = 64  # every tensor changes shape
+    else:
+        base = write_tiny_bert(tmp_path / "base", pair_texts(pair_files[0]))
+        encoder = HFEncoder(HFOptions(model_path=base))
+        save_encoder(encoder, plugin, encoder.options, directory)
+        edited = directory / "config.json"
+        record = {**json.loads(edited.read_text()), "intermediate_size": 48}
+    edited.write_text(json.dumps(record))
+
+    args = ["evaluate", "--checkpoint", str(directory), "--data", str(pair_files[1])]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr
+    assert f"{directory / 'model.safetensors'}: the weights do not fit the model described by" in message
+    assert "of another shape" in message and "more)" in message
+    assert len(message) < 700, message

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,3 +241,74 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_zero(tmp_path, pair_file
     assert "interrupted at step" in output
     state = checkpoint.load_trainer_state(tmp_path / "run" / "last", None)
     assert state.step >= 1
+
+
+WORSENING_EVALUATOR = """
+import torch
+from dualenc import hookimpl
+
+
+class Worsening:
+    primary_metric = "score"
+
+    def __init__(self, options=None):
+        self.calls = 0
+
+    def evaluate(self, encoder, eval_set, prefix="val"):
+        self.calls += 1
+        with torch.no_grad():
+            weight_sum = sum(float(p.double().sum()) for p in encoder.state_dict().values())
+        return {f"{prefix}/score": 1.0 / self.calls, f"{prefix}/weight_sum": weight_sum}
+
+
+@hookimpl
+def register_evaluators(register):
+    register("worsening", Worsening)
+"""
+
+
+def weight_sum(directory) -> float:
+    encoder, _, _ = checkpoint.load_encoder(checkpoint.resolve(directory))
+    return sum(float(p.double().sum()) for p in encoder.state_dict().values())
+
+
+def test_the_best_checkpoint_holds_the_start_weights_when_no_later_eval_beats_them(
+    tmp_path, pair_files, monkeypatch
+):
+    monkeypatch.syspath_prepend(
+        str(write_distribution(tmp_path / "site", "worsening", "0.1", {"worsening": WORSENING_EVALUATOR}))
+    )
+    data = unstructure(tiny_config(tmp_path, pair_files))
+    del data["evaluator"]  # the mrr evaluator's options
+    config = load_config(data={**data, "plugins": {**data["plugins"], "evaluator": "worsening"}})
+    result = train(config)
+    assert result.best_metric == 1.0
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    at_start = next(row for row in rows if row["step"] == 0 and "val/score" in row)
+    assert checkpoint.load_trainer_state(run / "encoder-best-score", None).step == 0
+    assert weight_sum(run / "encoder-best-score") == pytest.approx(at_start["val/weight_sum"], rel=1e-9)
+    assert weight_sum(run / "last") != pytest.approx(at_start["val/weight_sum"], rel=1e-9)
+
+
+def test_a_resume_keeps_one_metrics_row_per_step_and_removes_leftovers(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files)
+    train(config, stop_after=4)  # saved at 3 and 4; metrics rows up to step 4
+    run = tmp_path / "run"
+    # what a run killed after its step-3 checkpoint leaves: rows past step 3, staging folders,
+    # and a step-3 save cut short between moving last/ aside and moving the new one in
+    shutil.rmtree(run / "last")
+    (run / "step-0000003").rename(run / ".last.old")
+    (run / ".last.tmp-kill1").mkdir()
+    (run / ".last.tmp-kill1" / "model.safetensors").write_bytes(b"half")
+    (run / ".step-0000006.tmp-kill2").mkdir()
+    with open(run / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 5, "train/loss": 1.0}\n{"step": 6, "train/lo')
+    resumed = train(config, resume_from=run / "last")
+    assert resumed.step == 6
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["step"] for row in rows if "train/loss" in row]
+    assert losses == [1, 2, 3, 4, 5, 6]
+    assert [row["step"] for row in rows if "val/mrr" in row] == [0, 3, 6]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert checkpoint.load_trainer_state(run / "last", None).step == 6

@@ -24,16 +24,22 @@ class Components:
 
 def build_encoder(config: RunConfig, catalog: Catalog, checkpoint_dir: Path | None = None):
     """The configured encoder; from ``checkpoint_dir``, the one saved there (architecture,
-    weights, tokenizer), which must be of the configured plugin."""
+    weights, tokenizer), which must be of the configured plugin.
+
+    It is built with the config's encoder options, which checkpoints record, so that what a
+    run records is what it trains with. Options the plugin may not change on load (those that
+    shape the weights) must equal the checkpoint's; ``load_encoder`` refuses any that differ.
+    """
     if checkpoint_dir is None:
         return catalog.get("encoder", config.plugins.encoder).create(config.encoder)
     checkpoint_dir = checkpoint.resolve(Path(checkpoint_dir))
-    encoder, plugin, _ = checkpoint.load_encoder(checkpoint_dir, catalog)
+    plugin = checkpoint.read_encoder_record(checkpoint_dir)["plugin"]
     if plugin != config.plugins.encoder:
         raise DualencError(
             f"{checkpoint_dir}: checkpoint holds a {plugin!r} encoder but the config selects "
             f"{config.plugins.encoder!r}"
         )
+    encoder, _, _ = checkpoint.load_encoder(checkpoint_dir, catalog, options=config.encoder)
     return encoder
 
 

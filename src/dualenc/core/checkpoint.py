@@ -19,6 +19,8 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
+import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dualenc import __version__
@@ -59,8 +61,17 @@ def read_encoder_record(directory: Path) -> dict:
     return record
 
 
-def load_encoder(directory: Path, catalog=None):
-    """Rebuild the encoder saved in ``directory``: returns (encoder, plugin name, options)."""
+def load_encoder(directory: Path, catalog=None, options: Any = None):
+    """Rebuild the encoder saved in ``directory`` from that folder alone: returns (encoder,
+    plugin name, options).
+
+    ``options`` (of the saved plugin's options class): build with these instead of the recorded
+    ones, as a resume with a changed config does. They may differ only in the options the
+    encoder's factory lists in ``options_changeable_on_load`` (none unless it says so); any other
+    difference would change what the saved weights mean and is refused, naming each key.
+    A factory with a ``from_checkpoint(options, directory)`` classmethod builds the encoder from
+    the folder itself; otherwise it is created from its options and then ``load``-ed.
+    """
     from dualenc.core.configio import Problems, structure
     from dualenc.errors import ConfigError
     from dualenc.registry.catalog import load_catalog
@@ -68,20 +79,103 @@ def load_encoder(directory: Path, catalog=None):
     directory = resolve(directory)
     record = read_encoder_record(directory)
     component = (catalog or load_catalog()).get("encoder", record["plugin"])
-    options = None
+    recorded = None
     if component.options is not None:
         problems = Problems(str(directory / ENCODER_CONFIG), {}, {})
-        options = structure(record.get("options") or {}, component.options, ("options",), problems)
+        recorded = structure(record.get("options") or {}, component.options, ("options",), problems)
         if problems.items:
             raise ConfigError(problems.items)
-    encoder = component.create(options)
-    encoder.load(directory)
+    if options is None:
+        options = recorded
+    else:
+        _check_option_changes(directory, component, recorded, options)
+    from_checkpoint = getattr(component.factory, "from_checkpoint", None)
+    if from_checkpoint is not None:
+        encoder = from_checkpoint(options, directory)
+    else:
+        encoder = component.create(options)
+        encoder.load(directory)
     return encoder, record["plugin"], options
+
+
+def _check_option_changes(directory: Path, component, recorded: Any, wanted: Any) -> None:
+    if recorded is None or wanted == recorded:
+        return
+    changeable = set(getattr(component.factory, "options_changeable_on_load", ()))
+    refused = [
+        f"encoder.{field.name}: {getattr(recorded, field.name)!r} in the checkpoint, "
+        f"{getattr(wanted, field.name)!r} in the config"
+        for field in attrs.fields(type(recorded))
+        if field.name not in changeable and getattr(recorded, field.name) != getattr(wanted, field.name)
+    ]
+    if refused:
+        allowed = ", ".join(f"encoder.{name}" for name in sorted(changeable)) or "none"
+        raise DualencError(
+            f"{directory / ENCODER_CONFIG}: the config changes encoder options that the checkpoint's "
+            f"weights were trained with:\n  " + "\n  ".join(refused) + "\n"
+            f"Set them back to the checkpoint's values (or drop the --set), or train a new encoder "
+            f"without --resume-from. The options of the {component.name!r} encoder that a resume "
+            f"may change: {allowed}"
+        )
+
+
+# how many tensor names a weights-mismatch message shows per kind of problem
+SHOWN_NAMES = 3
+
+
+def load_weights(module: torch.nn.Module, path: Path, device: str = "cpu", describes: str = "") -> None:
+    """Load the safetensors file ``path`` into ``module``, every tensor present and of the same
+    shape. A file that does not fit gets a short error: counts and the first few names.
+    ``describes``: the file(s) that define ``module``'s architecture, for the message."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise DualencError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            shapes = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise DualencError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected = module.state_dict()
+    # a tensor that shares storage with a saved one (tied weights) is saved once, under one name
+    saved_storage = {expected[name].data_ptr() for name in shapes if name in expected}
+    missing = [n for n in expected if n not in shapes and expected[n].data_ptr() not in saved_storage]
+    unexpected = [name for name in shapes if name not in expected]
+    reshaped = [
+        f"{name} {_shape(shapes[name])} in the file, {_shape(expected[name].shape)} here"
+        for name in shapes
+        if name in expected and shapes[name] != tuple(expected[name].shape)
+    ]
+    if missing or unexpected or reshaped:
+        parts = [
+            f"{len(names)} {what} ({'; '.join(names[:SHOWN_NAMES])}"
+            + (f"; {len(names) - SHOWN_NAMES} more)" if len(names) > SHOWN_NAMES else ")")
+            for what, names in (
+                ("of another shape", reshaped),
+                ("missing from the file", missing),
+                ("in the file but not in the model", unexpected),
+            )
+            if names
+        ]
+        source = f" described by {describes}" if describes else ""
+        raise DualencError(
+            f"{path}: the weights do not fit the model{source}, of {len(expected)} tensors: "
+            + ", ".join(parts)
+            + ". The checkpoint's files were edited, or come from different models."
+        )
+    load_model(module, str(path), strict=True, device=device)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(size) for size in shape) or "scalar"
 
 
 # --- full training checkpoints ---------------------------------------------------------
 
 TRAINER_TENSORS = "trainer_state.safetensors"
+ENCODER_WEIGHTS = "model.safetensors"  # the safetensors file of both built-in encoders
 TRAINER_JSON = "trainer_state.json"
 RUN_CONFIG = "config.yaml"
 LAST_NAME = "last"
@@ -102,11 +196,48 @@ def resolve(directory: Path) -> Path:
     return directory
 
 
+# in the names of the hidden folders saves build in: what ``remove_leftovers`` removes
+STAGING_MARK = ".tmp-"
+
+
+def _staging(target: Path) -> Path:
+    """A new hidden folder beside ``target`` to build its next version in."""
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
+
+
 def _link_copy(source: Path, target: Path) -> None:
     """Atomically make ``target`` a copy of ``source`` using hard links (no extra disk)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _staging(target)
     shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
     replace_dir(tmp, target)
+
+
+def _remove(directory: Path) -> None:
+    """Delete ``directory``, renaming it to a hidden staging name first, so that a kill halfway
+    leaves a leftover that ``remove_leftovers`` finds rather than a half checkpoint."""
+    doomed = _staging(directory)
+    os.rename(directory, doomed / directory.name)
+    shutil.rmtree(doomed)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Clear what interrupted saves left in ``run_dir``: staging folders, and the previous
+    version a save moved aside (``io.old_twin``): deleted beside a complete checkpoint, put back
+    where the save was cut short before the new one was in place."""
+    if not Path(run_dir).is_dir():
+        return
+    for entry in Path(run_dir).iterdir():
+        if not (entry.name.startswith(".") and entry.is_dir()):
+            continue
+        if STAGING_MARK in entry.name:
+            log.info("removing %s, left by an interrupted save", entry)
+            shutil.rmtree(entry)
+        elif entry.name.endswith(".old"):
+            target = entry.with_name(entry.name[1 : -len(".old")])
+            if target.exists():
+                shutil.rmtree(entry)
+            else:
+                os.rename(entry, target)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -158,13 +289,54 @@ def save_checkpoint(
     periodic: bool,
     best: str | None,
     keep_last: int,
+    last: bool = True,
 ) -> Path:
-    """Write ``last/`` atomically; also ``step-N/`` when periodic and, when this is the best
-    checkpoint so far, a copy named ``best``."""
+    """Write ``last/`` atomically (unless ``last`` is false); also ``step-N/`` when periodic
+    and, when this is the best checkpoint so far, a copy named ``best``.
+
+    The copies are made before ``last/`` is replaced, so a save cut short anywhere leaves the
+    previous ``last/``, from which a resume redoes all of them. An ``OSError`` (a full disk, a
+    read-only folder) is a ``DualencError`` naming the file; the previous checkpoints stay.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".last.tmp-", dir=run_dir))
+    last_dir = run_dir / LAST_NAME
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = _staging(last_dir)
+    except OSError as exc:
+        raise DualencError(
+            f"{exc.filename or run_dir}: cannot create the checkpoint folder ({exc.strerror})"
+        ) from None
+    writing = [ENCODER_WEIGHTS]  # the file being written; safetensors' errors do not name it
+    try:
+        _write_checkpoint(tmp, encoder, plugin, options, loss_module, state, config_yaml, writing)
+        if best:
+            _link_copy(tmp, run_dir / best)
+        if periodic:
+            _link_copy(tmp, run_dir / f"step-{state.step:07d}")
+            periodic_dirs = sorted(run_dir.glob("step-[0-9]*"))
+            for stale in periodic_dirs[: max(0, len(periodic_dirs) - keep_last)]:
+                _remove(stale)
+        if last:
+            replace_dir(tmp, last_dir)
+    except (OSError, SafetensorError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        kept = f"; the previous checkpoint {last_dir} is unchanged" if last_dir.exists() else ""
+        raise DualencError(
+            f"{getattr(exc, 'filename', None) or last_dir / writing[-1]}: could not write the "
+            f"checkpoint at step {state.step} "
+            f"({why}){kept}. Free disk space or fix the folder's permissions, then resume."
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return last_dir
+
+
+def _write_checkpoint(
+    tmp: Path, encoder, plugin, options, loss_module, state: TrainerState, config_yaml, writing: list
+) -> None:
     save_encoder(encoder, plugin, options, tmp)
+    writing.append(TRAINER_TENSORS)
     optimizer_tensors, optimizer_meta = _flatten_optimizer(state.optimizer)
     tensors = {**optimizer_tensors, "rng.torch": state.torch_rng.contiguous()}
     for index, rng in enumerate(state.cuda_rng):
@@ -186,19 +358,37 @@ def save_checkpoint(
         "cuda_devices": len(state.cuda_rng),
         "dualenc_version": __version__,
     }
+    writing.append(TRAINER_JSON)
     (tmp / TRAINER_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    writing.append(RUN_CONFIG)
     (tmp / RUN_CONFIG).write_text(config_yaml)
+    writing.append("")  # then only links and renames, whose errors name their files
     fsync_tree(tmp)
-    last = run_dir / LAST_NAME
-    replace_dir(tmp, last)
-    if periodic:
-        _link_copy(last, run_dir / f"step-{state.step:07d}")
-        periodic_dirs = sorted(run_dir.glob("step-[0-9]*"))
-        for stale in periodic_dirs[: max(0, len(periodic_dirs) - keep_last)]:
-            shutil.rmtree(stale)
-    if best:
-        _link_copy(last, run_dir / best)
-    return last
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path``; a missing, cut-short or garbled file is a
+    ``DualencError`` naming it."""
+    if not Path(path).is_file():
+        raise DualencError(f"{path}: file not found; the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DualencError(
+            f"{path}: not a readable safetensors file ({exc}); the checkpoint is damaged"
+        ) from None
+
+
+# trainer_state.json: each key and the type its value must have
+TRAINER_JSON_KEYS = {
+    "step": int,
+    "best_metric": (int, float, type(None)),
+    "optimizer": dict,
+    "scheduler": dict,
+    "sampler": dict,
+    "miner": dict,
+    "cuda_devices": int,
+}
 
 
 def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> TrainerState:
@@ -207,24 +397,38 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
     if not json_path.is_file():
         raise DualencError(f"{directory}: no {TRAINER_JSON}; not a resumable training checkpoint")
     record = read_json(json_path)
-    tensors = load_file(str(directory / TRAINER_TENSORS))
-    miner = dict(record["miner"])
-    for key, value in tensors.items():
-        if key.startswith("miner."):
-            miner[key[len("miner.") :]] = value.numpy()
-    if loss_module is not None:
-        loss_state = {k[len("loss.") :]: v for k, v in tensors.items() if k.startswith("loss.")}
-        loss_module.load_state_dict(loss_state, strict=False)
-    return TrainerState(
-        step=record["step"],
-        optimizer=_unflatten_optimizer(tensors, record["optimizer"]),
-        scheduler=record["scheduler"],
-        sampler=record["sampler"],
-        miner=miner,
-        best_metric=record["best_metric"],
-        torch_rng=tensors["rng.torch"],
-        cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(record["cuda_devices"])],
-    )
+    if not isinstance(record, dict):
+        raise DualencError(f"{json_path}: expected a JSON object, got {type(record).__name__}")
+    for key, kind in TRAINER_JSON_KEYS.items():
+        if key not in record:
+            raise DualencError(f"{json_path}: missing key {key!r}; the checkpoint is damaged")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise DualencError(f"{json_path}: {key!r} has the wrong type ({type(record[key]).__name__})")
+    tensors_path = directory / TRAINER_TENSORS
+    tensors = read_tensors(tensors_path)
+    try:
+        miner = dict(record["miner"])
+        for key, value in tensors.items():
+            if key.startswith("miner."):
+                miner[key[len("miner.") :]] = value.numpy()
+        if loss_module is not None:
+            loss_state = {k[len("loss.") :]: v for k, v in tensors.items() if k.startswith("loss.")}
+            loss_module.load_state_dict(loss_state, strict=False)
+        return TrainerState(
+            step=record["step"],
+            optimizer=_unflatten_optimizer(tensors, record["optimizer"]),
+            scheduler=record["scheduler"],
+            sampler=record["sampler"],
+            miner=miner,
+            best_metric=record["best_metric"],
+            torch_rng=tensors["rng.torch"],
+            cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(record["cuda_devices"])],
+        )
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise DualencError(
+            f"{json_path} and {tensors_path} do not agree ({type(exc).__name__}: {exc}); "
+            "the checkpoint is damaged"
+        ) from None
 
 
 # --- a run's checkpoints: saving as it goes, resuming ----------------------------------
@@ -232,7 +436,6 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
 
 def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
     """``key: old -> new`` for every value that differs between two resolved configs."""
-    import yaml
 
     def flat(node, prefix=""):
         if isinstance(node, dict):
@@ -281,7 +484,9 @@ class Checkpointer:
     def _loss_module(self) -> torch.nn.Module | None:
         return self.loss_fn if isinstance(self.loss_fn, torch.nn.Module) else None
 
-    def save(self, step: int, best_metric: float | None, *, periodic: bool, is_best: bool) -> Path:
+    def save(
+        self, step: int, best_metric: float | None, *, periodic: bool, is_best: bool, last: bool = True
+    ) -> Path:
         state = TrainerState(
             step=step,
             optimizer=self.optimizer.state_dict(),
@@ -303,6 +508,7 @@ class Checkpointer:
             periodic=periodic,
             best=best_name(self.components.evaluator.primary_metric) if is_best else None,
             keep_last=self.config.train.keep_last,
+            last=last,
         )
 
     def resume(self, directory: Path) -> tuple[int, float | None]:
@@ -313,7 +519,19 @@ class Checkpointer:
         Returns the step and best metric to go on from.
         """
         directory = resolve(Path(directory))
-        changes = config_changes((directory / RUN_CONFIG).read_text(), self.config_yaml)
+        config_path = directory / RUN_CONFIG
+        if not config_path.is_file():
+            raise DualencError(
+                f"{config_path}: not found; a training checkpoint holds the config it was trained "
+                "with (restore the file, or resume from another checkpoint of the run)"
+            )
+        try:
+            changes = config_changes(config_path.read_text(encoding="utf-8"), self.config_yaml)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            reason = " ".join(str(exc).split())  # yaml's message spans lines
+            raise DualencError(
+                f"{config_path}: not valid YAML ({reason}); the checkpoint is damaged"
+            ) from None
         if changes or not (directory / TRAINER_JSON).is_file():
             log.info(
                 "starting from the weights of %s; new optimizer and schedule. Config changes:\n  %s",
@@ -323,11 +541,17 @@ class Checkpointer:
             return 0, None
         log.info("resuming exactly from %s", directory)
         state = load_trainer_state(directory, self._loss_module)
-        self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
-        self.sampler.load_state_dict(state.sampler)
-        self.miner.load_state_dict(state.miner)
-        torch.set_rng_state(state.torch_rng)
+        try:
+            self.optimizer.load_state_dict(state.optimizer)
+            self.scheduler.load_state_dict(state.scheduler)
+            self.sampler.load_state_dict(state.sampler)
+            self.miner.load_state_dict(state.miner)
+            torch.set_rng_state(state.torch_rng)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise DualencError(
+                f"{directory / TRAINER_JSON}: does not fit this run's optimizer, schedule, batches or "
+                f"miner ({type(exc).__name__}: {exc}); the checkpoint is damaged"
+            ) from None
         if state.cuda_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state.cuda_rng)
         return state.step, state.best_metric

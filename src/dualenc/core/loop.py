@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from dualenc.core import checkpoint, distributed
 from dualenc.core.build import build
 from dualenc.core.config import RunConfig
-from dualenc.core.configio import dump_yaml, unstructure
+from dualenc.core.configio import check_input_files, dump_yaml, unstructure
 from dualenc.core.data.evalsets import load_eval_set
 from dualenc.core.data.pairset import load_pair_set
 from dualenc.core.data.records import read_training_texts
@@ -81,6 +82,13 @@ class Trackers:
         for tracker in self.trackers:
             tracker.start(run_dir, config)
         return self
+
+    def rewind(self, step: int) -> None:
+        """Logging goes on from ``step``: trackers that keep rows (``rewind`` is optional) drop
+        those of ``step`` and later, which a run killed after its last checkpoint wrote."""
+        for tracker in self.trackers:
+            if hasattr(tracker, "rewind"):
+                tracker.rewind(step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for tracker in self.trackers:
@@ -183,6 +191,18 @@ def refuse_existing_run(run_dir: Path, resume_from: Path | None) -> None:
         )
 
 
+def refuse_uncreatable(run_dir: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be created (none is created yet:
+    a run that fails to start leaves no empty folder)."""
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DualencError(f"{run_dir}: cannot create the output folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DualencError(f"{run_dir}: cannot create the output folder ({existing} is not writable)")
+
+
 def describe(config: RunConfig, world: int, gather: bool, negatives: int, precision: str, device) -> str:
     batch, global_batch = config.train.batch_size, config.train.batch_size * world
     seen = global_batch if gather else batch
@@ -205,6 +225,8 @@ def train(
 ) -> TrainResult:
     """Train until ``train.max_steps``, a signal (saved, resumable) or ``stop_after`` steps."""
     refuse_existing_run(Path(config.output_dir), resume_from)
+    check_input_files(config)
+    refuse_uncreatable(Path(config.output_dir))
     with distributed.session(config.train.device, config.train.dist_timeout_s) as device:
         return _train(config, catalog or load_catalog(), device, resume_from, stop_after)
 
@@ -247,9 +269,12 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     train_step = TrainStep(encoder, loss_fn, optimizer, scheduler, pairs, device, precision, tc, gather)
     saver = checkpoint.Checkpointer(config, config_yaml, parts, optimizer, scheduler, sampler)
     step, best = saver.resume(resume_from) if resume_from is not None else (0, None)
+    if main:
+        checkpoint.remove_leftovers(run_dir)
 
     # 4. the loop: only rank 0 logs and saves; time spent off training is not counted in pairs/s
     trackers = Trackers(parts.trackers if main else []).start(run_dir, unstructure(config))
+    trackers.rewind(step + 1 if step else 0)  # an exact resume goes on after its checkpoint's step
     if main:
         log.info(describe(config, world, gather, miner.num_negatives, precision, device))
     window, batches, status = LogWindow(), iter(sampler), "finished"
@@ -259,10 +284,12 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     with trackers, StopRequested() as stop:
         if step == 0 and tc.eval_at_start:
             best = score(step)  # nothing to beat yet: an exact resume starts after step 0
+            if main:  # the start may stay the best: a later eval that scores lower saves no best
+                save(step, best, periodic=False, is_best=True, last=False)
+        if step == 0 and miner.due(step):
+            refresh(encoder, step)
         encoder.train()
         while step < tc.max_steps:
-            if miner.due(step):
-                refresh(encoder, step)
             pair_ids = next(batches)
             loss = train_step.backward(pair_ids, miner.negatives(pair_ids))
             if not math.isfinite(loss):
@@ -282,6 +309,9 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
                 value = score(step)
                 is_best = best is None or value > best
                 best = value if is_best else best
+            # before the save, so that a resume from it neither repeats the round nor its log rows
+            if step < tc.max_steps and miner.due(step):
+                refresh(encoder, step)
             stopping = distributed.any_rank(stop.signal_name is not None, device) or step == stop_after
             periodic = step % tc.save_interval == 0
             if main and (is_best or stopping or periodic or step == tc.max_steps):

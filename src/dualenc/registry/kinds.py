@@ -44,6 +44,12 @@ class Encoder(Protocol):
     """Maps token ids to L2-normalised vectors; a ``torch.nn.Module``.
 
     ``side`` is ``"query"`` or ``"code"``: encoders with one shared tower ignore it.
+
+    Two optional attributes of the factory (``core.checkpoint.load_encoder``):
+    ``from_checkpoint(options, directory)``, a classmethod that builds the encoder from a folder
+    ``save`` wrote, when ``factory(options)`` would read something outside it (the ``hf``
+    encoder's base model); and ``options_changeable_on_load``, the option names a resume may give
+    other values than the checkpoint's (none by default: any other change is refused).
     """
 
     dim: int
@@ -159,7 +165,11 @@ class Evaluator(Protocol):
 
 
 class Tracker(Protocol):
-    """Receives the resolved config once and metrics at every logged step."""
+    """Receives the resolved config once and metrics at every logged step.
+
+    Optional: ``rewind(step)``, called right after ``start``: logging goes on from ``step``
+    (0 for a new run, the checkpoint's step + 1 for a resume), so a tracker that keeps rows
+    drops those of ``step`` and later, which a run killed after its last checkpoint wrote."""
 
     def start(self, run_dir: Path, config: dict[str, Any]) -> None: ...
 

@@ -8,7 +8,9 @@ so dualenc works without it until ``hf`` is selected.
 
 ``save`` writes a folder that is itself a Hugging Face model folder with a
 sentence-transformers pooling config; ``save_sentence_transformers`` adds what
-``SentenceTransformer(folder)`` needs to load it (``dualenc export``).
+``SentenceTransformer(folder)`` needs to load it (``dualenc export``). A checkpoint is
+rebuilt from that folder alone (``from_checkpoint``): ``model_path`` only records where the
+weights first came from, and that folder may since have been moved or deleted.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from tokenizers import Tokenizer
 
 from dualenc import DualencError, Register, at_least, dropout, hookimpl, one_of
+from dualenc.core.checkpoint import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,16 @@ def check_model_folder(path: Path) -> None:
         )
 
 
+def read_model_config(path: Path):
+    transformers = import_transformers()
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DualencError(
+            f"{path / MODEL_CONFIG_FILE}: not a usable Hugging Face model config: {exc}"
+        ) from None
+
+
 def read_pooling_mode(path: Path) -> str:
     """The pooling of a sentence-transformers folder: "cls" or "mean" (the default)."""
     config_path = path / POOLING_CONFIG_FILE
@@ -127,16 +140,30 @@ def pooling_config(mode: str, dim: int) -> dict:
 
 
 class HFEncoder(torch.nn.Module):
-    def __init__(self, options: HFOptions):
+    # a checkpoint may be loaded with other values of these (a resume with a changed config):
+    # none of them changes what a weight means; model_path and the weights' shapes do
+    options_changeable_on_load = ("max_seq_len", "pooling", "normalize")
+
+    def __init__(self, options: HFOptions, checkpoint: Path | None = None):
+        """The model of ``options.model_path``, or that of ``checkpoint``, a folder ``save`` wrote."""
         super().__init__()
         transformers = import_transformers()
-        path = Path(options.model_path) if options.model_path else default_model_path()
+        if checkpoint is not None:
+            path = Path(checkpoint)
+        else:
+            path = Path(options.model_path) if options.model_path else default_model_path()
         check_model_folder(path)
         self.options = options
         # fp32 whatever the stored dtype: bf16 comes from autocast, which needs fp32 master weights
-        self.model = transformers.AutoModel.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, dtype=torch.float32
-        )
+        if checkpoint is None:
+            self.model = transformers.AutoModel.from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, dtype=torch.float32
+            )
+        else:
+            # built from the checkpoint's config.json, then every weight loaded strictly: a base
+            # model may lack some (a pooler), a checkpoint written by save may not
+            self.model = transformers.AutoModel.from_config(read_model_config(path), dtype=torch.float32)
+            load_weights(self.model, path / WEIGHTS_FILE, describes=str(path / MODEL_CONFIG_FILE))
         config = self.model.config
         if options.max_seq_len > config.max_position_embeddings:
             raise DualencError(
@@ -154,6 +181,10 @@ class HFEncoder(torch.nn.Module):
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
         self._read_tokenizer_and_pooling(path)
         log.info("hf encoder %s: %d parameters", path, self.num_parameters)
+
+    @classmethod
+    def from_checkpoint(cls, options: HFOptions, directory: Path) -> HFEncoder:
+        return cls(options, checkpoint=directory)
 
     def _use_fast_dropout(self, transformers) -> None:
         """Training on the CPU spent a fifth of each step drawing dropout masks; see
@@ -223,13 +254,10 @@ class HFEncoder(torch.nn.Module):
     def load(self, directory: Path) -> None:
         directory = Path(directory)
         check_model_folder(directory)
-        device = next(self.model.parameters()).device
-        try:
-            load_model(self.model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
-        except RuntimeError as exc:
-            raise DualencError(
-                f"{directory / WEIGHTS_FILE}: does not fit {self.model.config.model_type}: {exc}"
-            ) from None
+        device = str(next(self.model.parameters()).device)
+        load_weights(
+            self.model, directory / WEIGHTS_FILE, device, describes=str(directory / MODEL_CONFIG_FILE)
+        )
         self._read_tokenizer_and_pooling(directory)
 
     def save_sentence_transformers(self, directory: Path) -> None:

@@ -24,10 +24,11 @@ import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from dualenc import SIDES, DualencError, Register, at_least, hookimpl
+from dualenc.core.checkpoint import load_weights
 from dualenc.dropout import Dropout, attention
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,10 @@ class TransformerEncoder(torch.nn.Module):
         "Encode with dualenc instead, or train with encoder 'hf'."
     )
 
+    # a checkpoint may be loaded with another dropout (a resume with a changed config); every
+    # other option changes the weights' shapes or the tokenizer the weights were trained with
+    options_changeable_on_load = ("dropout",)
+
     def __init__(self, options: TransformerOptions):
         super().__init__()
         self.options = options
@@ -245,11 +250,8 @@ class TransformerEncoder(torch.nn.Module):
         if not weights.is_file():
             raise DualencError(f"{directory}: no {WEIGHTS_FILE}")
         self._use_tokenizer(directory / TOKENIZER_FILE)
-        device = self.token_embedding.weight.device
-        try:
-            load_model(self, str(weights), strict=True, device=str(device))
-        except RuntimeError as exc:
-            raise DualencError(f"{weights}: does not fit this encoder's options: {exc}") from None
+        device = str(self.token_embedding.weight.device)
+        load_weights(self, weights, device, describes=f"the options in {directory / 'encoder.json'}")
 
 
 @hookimpl

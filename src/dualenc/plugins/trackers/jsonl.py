@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from dualenc import Register, hookimpl
@@ -17,6 +18,25 @@ class JsonlTracker:
         run_dir.mkdir(parents=True, exist_ok=True)
         # append: a resumed run continues the same file
         self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows of ``step`` and later: a run killed after its last checkpoint logged
+        steps that the resumed run logs again. A line cut short by the kill goes too."""
+        path = Path(self._file.name)
+        self._file.close()
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+                kept.append(line + "\n")
+        # written beside the file and renamed over it: a kill now leaves the old rows or the new
+        rewritten = path.with_name(f".{path.name}.rewind")
+        rewritten.write_text("".join(kept), encoding="utf-8")
+        os.replace(rewritten, path)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         row = {"step": step}

@@ -10,6 +10,7 @@ import textwrap
 import time
 from contextlib import nullcontext
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -289,6 +290,16 @@ def test_the_best_checkpoint_holds_the_start_weights_when_no_later_eval_beats_th
     assert checkpoint.load_trainer_state(run / "encoder-best-score", None).step == 0
     assert weight_sum(run / "encoder-best-score") == pytest.approx(at_start["val/weight_sum"], rel=1e-9)
     assert weight_sum(run / "last") != pytest.approx(at_start["val/weight_sum"], rel=1e-9)
+
+
+def test_a_weights_only_resume_into_the_same_folder_keeps_the_earlier_rows(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files)
+    train(config, stop_after=4)
+    run = tmp_path / "run"
+    before = (run / "metrics.jsonl").read_text()
+    longer = attrs.evolve(config, train=attrs.evolve(config.train, max_steps=config.train.max_steps + 2))
+    train(longer, resume_from=run / "last")  # a changed config: a new schedule from step 0
+    assert (run / "metrics.jsonl").read_text().startswith(before)
 
 
 def test_a_resume_keeps_one_metrics_row_per_step_and_removes_leftovers(tmp_path, pair_files):

@@ -274,7 +274,10 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
 
     # 4. the loop: only rank 0 logs and saves; time spent off training is not counted in pairs/s
     trackers = Trackers(parts.trackers if main else []).start(run_dir, unstructure(config))
-    trackers.rewind(step + 1 if step else 0)  # an exact resume goes on after its checkpoint's step
+    if resume_from is None:
+        trackers.rewind(0)  # rows of an earlier attempt killed before its first save
+    elif step:
+        trackers.rewind(step + 1)  # an exact resume: later rows came from the run it replaces
     if main:
         log.info(describe(config, world, gather, miner.num_negatives, precision, device))
     window, batches, status = LogWindow(), iter(sampler), "finished"

@@ -9,7 +9,9 @@ Everything a user or a plugin author imports is a name of this package; what liv
   ``ContrastiveBatch``, ``EvalSet`` and ``PairSet``, the option validators ``at_least``,
   ``at_most``, ``greater_than``, ``one_of``, ``non_empty``, and ``encode_texts`` /
   ``encode_token_ids`` for encoding many texts the way evaluation and mining do, the dedup
-  keys ``query_key`` and ``normalised_code_key``, and ``read_codes`` (a JSONL file's codes).
+  keys ``query_key`` and ``normalised_code_key``, ``read_codes`` (a JSONL file's codes),
+  ``load_weights`` (an encoder's safetensors weights, with a short error when they do not
+  fit) and ``atomic_write_text`` / ``atomic_write_json``.
   ``load_catalog()`` finds every installed component (a plugin's tests use it).
   ``dualenc.dropout`` holds the CPU dropout the built-in encoders use.
 - Users: ``load_config``, ``Retriever`` and ``Hit``; errors ``DualencError``, ``ConfigError``.
@@ -50,6 +52,9 @@ _PUBLIC = {
     "query_key": "dualenc.core.data.keys",
     "normalised_code_key": "dualenc.core.data.keys",
     "read_codes": "dualenc.core.data.evalsets",
+    "load_weights": "dualenc.core.checkpoint",
+    "atomic_write_text": "dualenc.core.io",
+    "atomic_write_json": "dualenc.core.io",
     "encode_texts": "dualenc.core.encode",
     "encode_token_ids": "dualenc.core.encode",
     "Retriever": "dualenc.retriever",

@@ -560,7 +560,7 @@ class Checkpointer:
 # --- encoder identity -----------------------------------------------------------------
 
 # the checkpoint files whose bytes identify an encoder; tokenizer.json only when present
-CHECKPOINT_FILES = (ENCODER_CONFIG, "model.safetensors")
+CHECKPOINT_FILES = (ENCODER_CONFIG, ENCODER_WEIGHTS)
 OPTIONAL_CHECKPOINT_FILES = ("tokenizer.json",)
 
 

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from tokenizers import Tokenizer
 
-from dualenc import DualencError, Register, at_least, dropout, hookimpl, one_of
-from dualenc.core.checkpoint import load_weights
+from dualenc import DualencError, Register, at_least, dropout, hookimpl, load_weights, one_of
 
 log = logging.getLogger(__name__)
 

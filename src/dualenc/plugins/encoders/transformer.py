@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from dualenc import SIDES, DualencError, Register, at_least, hookimpl
-from dualenc.core.checkpoint import load_weights
+from dualenc import SIDES, DualencError, Register, at_least, hookimpl, load_weights
 from dualenc.dropout import Dropout, attention
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 import torch
 
-from dualenc.core.io import atomic_write_json
+from dualenc import atomic_write_json
 
 log = logging.getLogger("dualenc.mining")
 

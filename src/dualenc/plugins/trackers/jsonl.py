@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from dualenc import Register, hookimpl
+from dualenc import Register, atomic_write_text, hookimpl
 
 
 class JsonlTracker:
@@ -32,10 +31,7 @@ class JsonlTracker:
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
                 kept.append(line + "\n")
-        # written beside the file and renamed over it: a kill now leaves the old rows or the new
-        rewritten = path.with_name(f".{path.name}.rewind")
-        rewritten.write_text("".join(kept), encoding="utf-8")
-        os.replace(rewritten, path)
+        atomic_write_text(path, "".join(kept))  # a kill now leaves the old rows or the new
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def log(self, metrics: dict[str, float], step: int) -> None:

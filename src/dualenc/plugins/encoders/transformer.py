@@ -10,11 +10,15 @@ found that sharing it helps).
 At the seed's defaults (vocab 50257, d_model 768, 6 layers, 512 positions) the model has
 76.8M parameters with the default feed-forward width of 10/3 * d_model = 2560: the seed's
 ~77M. A 4 * d_model feed-forward would give 81.5M; torch's default 2048 gives 72.1M.
+
+Query and code prompts are prepended before tokenizing; ``save`` records them in
+config_sentence_transformers.json, which a loaded checkpoint takes them from (see ``prompts``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -29,6 +33,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from dualenc import SIDES, DualencError, Register, at_least, hookimpl, load_weights
 from dualenc.dropout import Dropout, attention
+from dualenc.plugins.encoders.prompts import (
+    max_len_field,
+    read_st_config,
+    resolve_prompts,
+    side_max_lengths,
+    write_prompts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,12 @@ class TransformerOptions:
     tokenizer: str | None = None
     # hidden width of the feed-forward layers; None: 10/3 * d_model (2560 at d_model 768)
     ffn_dim: int | None = attrs.field(default=None, validator=at_least(1))
+    # prepended to each query / code text; None: none, or a loaded checkpoint's own
+    query_prefix: str | None = None
+    code_prefix: str | None = None
+    # each side's truncation length, at most max_seq_len (the positions); None: max_seq_len
+    query_max_len: int | None = max_len_field()
+    code_max_len: int | None = max_len_field()
 
     @n_heads.validator
     def _divides_d_model(self, attribute, value):
@@ -135,20 +152,31 @@ class TransformerEncoder(torch.nn.Module):
     # norm: BERT and its relatives normalise after each sublayer, so no standard Hugging Face
     # architecture computes this function, and an export would only approximate it
     sentence_transformers_unsupported = (
-        "export supports encoders built on a Hugging Face model (plugin 'hf') only; "
-        "the 'transformer' encoder's pre-norm architecture has no exact Hugging Face equivalent. "
-        "Encode with dualenc instead, or train with encoder 'hf'."
+        "the sentence-transformers export supports encoders built on a Hugging Face model "
+        "(plugin 'hf') only; the 'transformer' encoder's pre-norm architecture has no exact Hugging "
+        "Face equivalent. Export it with --format onnx (ONNX Runtime runs it with its tokenizer.json), "
+        "or train with encoder 'hf'."
     )
 
-    # a checkpoint may be loaded with another dropout (a resume with a changed config); every
-    # other option changes the weights' shapes or the tokenizer the weights were trained with
-    options_changeable_on_load = ("dropout",)
+    @property
+    def shared_tower(self) -> bool:
+        """Whether both sides go through one tower: ``dualenc export --format onnx`` then writes
+        one graph."""
+        return not self.options.separate_towers
+
+    # a checkpoint may be loaded with other values of these (a resume with a changed config; a
+    # changed prompt is logged); every other option changes the weights' shapes or the
+    # tokenizer the weights were trained with
+    options_changeable_on_load = ("dropout", "query_prefix", "code_prefix", "query_max_len", "code_max_len")
 
     def __init__(self, options: TransformerOptions):
         super().__init__()
         self.options = options
         self.dim = options.d_model
-        self.max_seq_len = options.max_seq_len
+        self.max_lengths = side_max_lengths(options)
+        # the longest sequence tokenize gives; options.max_seq_len is the number of positions
+        self.max_seq_len = max(self.max_lengths.values())
+        self.prompts = resolve_prompts(options, {})
         # padded positions are masked out of attention and pooling, so any valid id works
         self.pad_id = 0
         ffn_dim = options.ffn_dim or 10 * options.d_model // 3
@@ -203,8 +231,14 @@ class TransformerEncoder(torch.nn.Module):
                 f"{self.options.vocab_size}; raise encoder.vocab_size"
             )
         tokenizer.no_padding()  # batches are padded per batch by the caller
-        tokenizer.enable_truncation(max_length=self.max_seq_len)
+        tokenizer.enable_truncation(max_length=self.options.max_seq_len)
         self._tokenizer = tokenizer
+        # one copy per side, each truncating at its side's length: tokenize never changes a
+        # tokenizer's settings, so concurrent calls (a Retriever shared by threads) are safe
+        self._side_tokenizers = {}
+        for side in SIDES:
+            self._side_tokenizers[side] = Tokenizer.from_str(tokenizer.to_str())
+            self._side_tokenizers[side].enable_truncation(max_length=self.max_lengths[side])
 
     def prepare(self, texts: Iterable[str]) -> None:
         if self._tokenizer is not None:
@@ -217,11 +251,24 @@ class TransformerEncoder(torch.nn.Module):
         log.info("trained a byte-level BPE of %d tokens", self._tokenizer.get_vocab_size())
 
     def tokenizer_fingerprint(self) -> str:
-        # the serialised tokenizer includes the truncation length, which changes the ids too
-        return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
+        # prompts and truncation lengths change the ids as much as the tokenizer does
+        described = {
+            "tokenizer": self.tokenizer.to_str(),
+            "prompts": self.prompts,
+            "max_lengths": self.max_lengths,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
     def tokenize(self, texts: Sequence[str], side: str) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.int32) for e in self.tokenizer.encode_batch(list(texts))]
+        """Token ids of ``prompts[side] + text``, truncated to ``max_lengths[side]`` (the final
+        </s> kept)."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES} (got {side!r})")
+        if self._tokenizer is None:
+            self._read_given_tokenizer()
+        prompt = self.prompts[side]
+        texts = [prompt + text for text in texts] if prompt else list(texts)
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._side_tokenizers[side].encode_batch(texts)]
 
     # --- model -------------------------------------------------------------------------
 
@@ -231,9 +278,9 @@ class TransformerEncoder(torch.nn.Module):
         return self.towers[side if self.options.separate_towers else "shared"]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str) -> torch.Tensor:
-        if input_ids.shape[1] > self.max_seq_len:
+        if input_ids.shape[1] > self.options.max_seq_len:
             raise ValueError(
-                f"sequences of {input_ids.shape[1]} tokens exceed max_seq_len {self.max_seq_len}"
+                f"sequences of {input_ids.shape[1]} tokens exceed max_seq_len {self.options.max_seq_len}"
             )
         pooled = self._tower(side)(self.token_embedding(input_ids), attention_mask)
         return F.normalize(pooled, dim=-1)
@@ -242,6 +289,7 @@ class TransformerEncoder(torch.nn.Module):
         directory = Path(directory)
         save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         self.tokenizer.save(str(directory / TOKENIZER_FILE))
+        write_prompts(directory, self.prompts)
 
     def load(self, directory: Path) -> None:
         directory = Path(directory)
@@ -249,6 +297,8 @@ class TransformerEncoder(torch.nn.Module):
         if not weights.is_file():
             raise DualencError(f"{directory}: no {WEIGHTS_FILE}")
         self._use_tokenizer(directory / TOKENIZER_FILE)
+        # a checkpoint saved before prompts existed has none: it was trained without
+        self.prompts = resolve_prompts(self.options, read_st_config(directory), directory, checkpoint=True)
         device = str(self.token_embedding.weight.device)
         load_weights(self, weights, device, describes=f"the options in {directory / 'encoder.json'}")
 

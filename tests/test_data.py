@@ -8,15 +8,16 @@ import json
 import logging
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
 from fakes import TinyEncoder, write_pairs
 
-from dualenc.core.config import DataConfig
+from dualenc.core.config import DEFAULT_TRAIN_FILE, DataConfig, TrainFile
 from dualenc.core.data.evalsets import eval_set_from_pairs, load_eval_set
 from dualenc.core.data.keys import normalised_code_key, query_key, stable_int64
-from dualenc.core.data.pairset import PairSet, RaggedIds, load_pair_set
+from dualenc.core.data.pairset import PairFile, PairSet, RaggedIds, load_pair_set
 from dualenc.core.data.records import read_pairs, read_training_texts
 from dualenc.core.data.sampler import BucketBatchSampler, computed_tokens, length_groups
 from dualenc.errors import DualencError
@@ -115,7 +116,7 @@ def test_skip_drops_bad_lines_and_reports_counts(tmp_path: Path, caplog):
 def test_file_level_problems_are_clear_errors(tmp_path: Path):
     with pytest.raises(DualencError, match=r"missing\.jsonl: data file not found$"):
         read_pairs(tmp_path / "missing.jsonl")
-    with pytest.raises(DualencError, match="is a directory, not a JSONL file"):
+    with pytest.raises(DualencError, match="is a directory, not a data file"):
         read_pairs(tmp_path)
     (tmp_path / "empty.jsonl").write_bytes(b"")
     with pytest.raises(DualencError, match=r"empty\.jsonl: empty file, no pairs"):
@@ -324,6 +325,107 @@ def test_shards_get_equal_numbers_of_full_disjoint_batches():
     assert [batch.tolist() for batch in shards[1].epoch_batches(0)] == full[1:9:3]
     with pytest.raises(DualencError, match="cannot fill one batch"):
         synthetic_sampler(count=20, batch_size=10, num_replicas=3)
+
+
+def weighted_sampler(seed: int = 4) -> BucketBatchSampler:
+    """100 pairs: 0-39 from a file of weight 2, 40-99 from one of weight 0.5."""
+    pairs = attrs.evolve(
+        synthetic_pairs(100), files=(PairFile("a.jsonl", 0, 40, 2.0), PairFile("b.parquet", 40, 100, 0.5))
+    )
+    return BucketBatchSampler(pairs, 10, seed=seed, window=2)
+
+
+def test_file_weights_repeat_and_subsample_pairs_per_epoch():
+    sampler = weighted_sampler()
+    drawn = []
+    for epoch in range(2):
+        batches = sampler.epoch_batches(epoch)
+        counts = np.bincount(np.concatenate(batches), minlength=100)
+        assert (counts[:40] == 2).all()  # weight 2: every pair twice
+        assert set(counts[40:].tolist()) == {0, 1} and counts[40:].sum() == 30  # 0.5: half of 60
+        assert all(len(set(batch.tolist())) == len(batch) for batch in batches)  # copies apart
+        drawn.append(set(np.flatnonzero(counts[40:])))
+    assert drawn[0] != drawn[1]  # another half each epoch
+    assert [b.tolist() for b in weighted_sampler().epoch_batches(1)] == [b.tolist() for b in batches]
+    assert [b.tolist() for b in weighted_sampler(5).epoch_batches(1)] != [b.tolist() for b in batches]
+    # a restored position continues exactly, across the epoch boundary
+    uninterrupted = take(weighted_sampler(), 30)
+    restored = weighted_sampler()
+    restored.load_state_dict({"epoch": 0, "position": 8})
+    assert take(restored, 22) == uninterrupted[8:]
+
+
+def write_parquet_pairs(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_train_files_are_read_in_order_with_their_weights_and_cached_together(tmp_path: Path):
+    first = make_pairs_file(tmp_path / "a.jsonl", count=5)
+    second = write_parquet_pairs(
+        tmp_path / "b.parquet",
+        [
+            {
+                "query": "flag one",
+                "pos": ["def g(): pass", "def h(): pass"],
+                "neg": ["def f2(x):\n    return x + 2"],
+            },
+            {"query": "flag two", "pos": ["def k(): pass"], "neg": None},
+        ],
+    )
+    config = DataConfig(
+        cache_dir=str(tmp_path / "cache"), train_files=(TrainFile(str(first), 2.0), TrainFile(str(second)))
+    )
+    encoder = TinyEncoder()
+    pairs = load_pair_set(config.training_files(), config, encoder)
+    assert len(pairs) == 8 and pairs.codes[5:] == ["def g(): pass", "def h(): pass", "def k(): pass"]
+    assert pairs.files == (PairFile(str(first), 0, 5, 2.0), PairFile(str(second), 5, 8, 1.0))
+    assert pairs.source == f"{first} + {second}"
+    # a negative in one file that is a pair's code in another is that pair's row
+    np.testing.assert_array_equal(pairs.provided_negatives(np.array([5, 6, 7, 0])), [[2], [2], [-1], [-1]])
+    assert encoder.texts_tokenized == 16
+    again = TinyEncoder()
+    load_pair_set(config.training_files(), config, again)
+    assert again.texts_tokenized == 0
+    make_pairs_file(first, count=6)
+    changed = TinyEncoder()
+    assert len(load_pair_set(config.training_files(), config, changed)) == 9 and changed.texts_tokenized == 18
+    texts = read_training_texts(config.training_files(), config)
+    assert len(texts) == 9 + 9 + 1 and texts[-1] == "def f2(x):\n    return x + 2"
+
+
+def test_train_files_in_a_config_are_checked_and_trained_on(tmp_path: Path, pair_files):
+    from fakes import tiny_config
+
+    from dualenc.core.configio import check_input_files, load_config
+    from dualenc.core.loop import train
+    from dualenc.errors import ConfigError
+
+    files = [{"path": str(pair_files[0]), "weight": 0.5}, {"path": str(tmp_path / "none.parquet")}]
+    config = load_config(data={"data": {"train_files": files, "val_file": str(pair_files[1])}})
+    assert config.data.training_files() == (
+        TrainFile(str(pair_files[0]), 0.5),
+        TrainFile(str(tmp_path / "none.parquet")),
+    )
+    with pytest.raises(ConfigError, match=r"data\.train_files\.1\.path: .*none\.parquet: file not found"):
+        check_input_files(config)
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.train_files: give data\.train_file \(a\.jsonl\) or data\.train_files, not both",
+    ):
+        load_config(data={"data": {"train_file": "a.jsonl", "train_files": files}})
+    with pytest.raises(ConfigError, match=r"data\.train_files: x\.jsonl: weight must be > 0 \(got 0\.0\)"):
+        load_config(data={"data": {"train_files": [{"path": "x.jsonl", "weight": 0}]}})
+
+    second = write_pairs(tmp_path / "b.jsonl", 40, seed=5)
+    run = tiny_config(tmp_path, pair_files, max_steps=2, eval_interval=2, save_interval=2)
+    weighted = (TrainFile(str(pair_files[0]), 0.5), TrainFile(str(second), 1.0))
+    run = attrs.evolve(run, data=attrs.evolve(run.data, train_file=DEFAULT_TRAIN_FILE, train_files=weighted))
+    assert train(run).step == 2
 
 
 def padding_fraction(

@@ -3,6 +3,11 @@ gradients reduced across ranks, clipping, the optimizer and schedule.
 
 ``TrainStep`` holds what stays fixed for a run; the loop calls ``backward`` and, once it has
 checked the loss, ``update``.
+
+A batch's candidates are its positives, then the mined negatives (row-major [B, K], -1
+skipped), then the provided negatives of its pairs (``PairSet.provided_negatives``, the
+same way): code rows of the pair set, so a provided negative that is a pair's code is
+encoded and keyed exactly as if it had been mined.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ class TrainStep:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def backward(self, pair_ids: np.ndarray, negative_ids: np.ndarray) -> float:
-        """Gradients of the batch's loss; returns the loss (the mean over ranks unless gathered)."""
+        """Gradients of the batch's loss, ``negative_ids`` the mined negatives [B, K] (the
+        provided ones come from the pair set); returns the loss (the mean over ranks unless
+        gathered)."""
         if self.grad_cache_chunk:
             loss = grad_cache_step(
                 self.encoder,
@@ -72,7 +79,7 @@ def encode_side(encoder, pairs, ids, side, device):
     """Embeddings of one side of ``ids``, in their order, encoded in ``length_groups``: the
     queries that come with a bucket of like-length codes vary in length, and each group
     padded to its own longest computes far fewer padding tokens than one batch."""
-    groups = length_groups(pairs.token_ids(side).lengths[ids])
+    groups = length_groups(pairs.row_lengths(side)[ids])
     if len(groups) == 1:
         return encoder(*pairs.collate(ids, side, device), side)
     parts = [encoder(*pairs.collate(ids[group], side, device), side) for group in groups]
@@ -86,9 +93,16 @@ def in_original_order(parts, order: np.ndarray, device) -> torch.Tensor:
     return torch.cat(parts)[torch.from_numpy(inverse).to(device)]
 
 
+def candidate_rows(pairs, pair_ids: np.ndarray, negative_ids: np.ndarray) -> np.ndarray:
+    """The code rows of a batch's candidates: positives, mined negatives, provided negatives."""
+    provided = pairs.provided_negatives(pair_ids)
+    parts = [pair_ids, negative_ids[negative_ids >= 0], provided[provided >= 0]]
+    return np.concatenate(parts).astype(np.int64, copy=False)
+
+
 def encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, autocast, gather):
-    """Encode one step's queries, positives and mined negatives into a ContrastiveBatch."""
-    candidate_ids = np.concatenate([pair_ids, negative_ids[negative_ids >= 0]])
+    """Encode one step's queries, positives, mined and provided negatives into a ContrastiveBatch."""
+    candidate_ids = candidate_rows(pairs, pair_ids, negative_ids)
     with autocast():
         query = encode_side(encoder, pairs, pair_ids, "query", device)
         parts = [encode_side(encoder, pairs, pair_ids, "code", device)]
@@ -100,11 +114,11 @@ def encode_contrastive_batch(encoder, pairs, pair_ids, negative_ids, device, aut
 def _contrastive(query, candidates, pairs, candidate_ids, device, gather: bool) -> ContrastiveBatch:
     """Assemble the batch; with ``gather``, over every rank's queries and candidates.
 
-    Gathered layout: all ranks' positives in rank order, then all ranks' mined negatives,
-    so the positive of global query j is candidate j.
+    Gathered layout: all ranks' positives in rank order, then all ranks' negatives (each
+    rank's mined, then its provided ones), so the positive of global query j is candidate j.
     """
-    code_key = torch.from_numpy(pairs.code_key[candidate_ids]).to(device)
-    query_key = torch.from_numpy(pairs.query_key[candidate_ids]).to(device)
+    code_key = torch.from_numpy(np.asarray(pairs.row_code_key[candidate_ids])).to(device)
+    query_key = torch.from_numpy(np.asarray(pairs.row_query_key[candidate_ids])).to(device)
     if gather:
         n = len(query)
         query = distributed.gather_with_grad(query)
@@ -128,11 +142,11 @@ def grad_cache_step(encoder, loss_fn, pairs, pair_ids, negative_ids, device, aut
     3. re-encode each chunk with grad (same RNG state, so the same dropout) and
     backpropagate the cached embedding gradients.
     """
-    candidate_ids = np.concatenate([pair_ids, negative_ids[negative_ids >= 0]])
+    candidate_ids = candidate_rows(pairs, pair_ids, negative_ids)
     # chunks cut from each side sorted by length: each chunk is padded to its own longest
     orders = {
-        "query": np.argsort(pairs.query_ids.lengths[pair_ids], kind="stable"),
-        "code": np.argsort(pairs.code_ids.lengths[candidate_ids], kind="stable"),
+        "query": np.argsort(pairs.row_lengths("query")[pair_ids], kind="stable"),
+        "code": np.argsort(pairs.row_lengths("code")[candidate_ids], kind="stable"),
     }
     sides = [("query", pair_ids[orders["query"]]), ("code", candidate_ids[orders["code"]])]
     chunks = [(side, ids[i : i + chunk]) for side, ids in sides for i in range(0, len(ids), chunk)]

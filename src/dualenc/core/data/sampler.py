@@ -100,7 +100,14 @@ class BucketBatchSampler:
     then shuffled across the epoch. A pair whose code key or query key is already in the
     batch being filled waits for a later batch (it would be a false in-batch negative).
     Pairs that find no place in their window move on to the next; at the end of the epoch
-    they form the last, possibly smaller, batches, so every pair is used once per epoch.
+    they form the last, possibly smaller, batches, so every pair of the epoch is used.
+
+    File weights (``pairs.files``, from ``data.train_files``) set what an epoch holds: a
+    file of weight w contributes each of its pairs floor(w) times, plus round(frac(w) x its
+    pairs) more drawn without replacement by ``numpy.random.default_rng([seed, epoch,
+    file])``: weight 2 repeats every pair twice, 0.5 draws a different half each epoch. The
+    epoch depends on ``seed`` and its number only, so the saved position resumes it exactly.
+    Copies of a pair never share a batch (their keys are the same).
 
     With ``num_replicas > 1`` every rank computes the same epoch (same ``seed``), keeps
     only full batches, drops the remainder so the count divides evenly, and takes batches
@@ -134,6 +141,7 @@ class BucketBatchSampler:
         # plain ints: set lookups on numpy scalars are several times slower
         self._code_key = np.asarray(pairs.code_key).tolist()
         self._query_key = np.asarray(pairs.query_key).tolist()
+        self.files = [(file.start, file.stop, file.weight) for file in pairs.files]
         self.batch_size = batch_size
         self.window = window
         self.seed = seed
@@ -172,10 +180,29 @@ class BucketBatchSampler:
             pending = deferred
         return batches, []
 
+    def epoch_pairs(self, epoch: int) -> np.ndarray:
+        """The pair ids of ``epoch`` by the file weights, before shuffling (see the class)."""
+        if all(weight == 1 for _, _, weight in self.files):
+            return np.arange(len(self.code_lengths))
+        parts = []
+        for index, (start, stop, weight) in enumerate(self.files):
+            ids = np.arange(start, stop)
+            parts += [ids] * int(weight)
+            draw = int((weight - int(weight)) * len(ids) + 0.5)
+            if draw:
+                chosen = np.random.default_rng([self.seed, epoch, index]).choice(
+                    len(ids), draw, replace=False
+                )
+                parts.append(ids[np.sort(chosen)])
+        if not parts:
+            raise DualencError(f"the train file weights leave epoch {epoch} without pairs")
+        return np.concatenate(parts)
+
     def _all_batches(self, epoch: int) -> list[list[int]]:
         """The whole epoch's batches, in order, before sharding."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.code_lengths))
+        ids = self.epoch_pairs(epoch)
+        order = ids[rng.permutation(len(ids))]
         window = self.window * self.batch_size
         batches: list[list[int]] = []
         leftover = np.zeros(0, dtype=order.dtype)

@@ -77,8 +77,8 @@ class WandbTracker:
         if self.run is None:
             return
         self.run.summary["dualenc/status"] = status
-        # "stopped" (--stop-after) is a clean, resumable end; W&B marks non-zero exits as failed
-        self.run.finish(exit_code=0 if status in ("finished", "stopped") else 1)
+        # "stopped" (--stop-after) and "early_stopped" are clean ends; W&B marks non-zero exits as failed
+        self.run.finish(exit_code=0 if status in ("finished", "stopped", "early_stopped") else 1)
         self._announce("saved in")
         self.run = None
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from dualenc.core.config import DataConfig
+from dualenc.core.config import DataConfig, ValSet
 from dualenc.core.data.keys import normalised_code_key, query_key
 from dualenc.core.data.records import read_pairs
 from dualenc.core.io import iter_jsonl, read_json
@@ -26,6 +26,9 @@ SMALL_POOL = 50
 COSQA_DIR_ENV = "DUALENC_COSQA_DIR"
 COSQA_CODES = "code_idx_map.txt"
 COSQA_SPLITS = {"dev": "cosqa-retrieval-dev-500.json", "test": "cosqa-retrieval-test-500.json"}
+# benchmark name -> its splits (names of data.val_sets' benchmark and split)
+BENCHMARKS = {"cosqa": COSQA_SPLITS}
+DEFAULT_SPLIT = "dev"
 
 
 def eval_set_from_pairs(
@@ -56,23 +59,31 @@ def eval_set_from_pairs(
     return EvalSet(name=name, queries=unique_queries, pool=pool, relevant=relevant)
 
 
-def load_eval_set(path: str | Path, data_config: DataConfig, name: str = "val") -> EvalSet:
-    """The evaluation set of a pairs file, honouring ``data_config.max_val_pairs``.
+def load_eval_set(
+    path: str | Path,
+    data_config: DataConfig,
+    name: str = "val",
+    max_pairs: int | None = None,
+    limit_key: str = "data.max_val_pairs",
+) -> EvalSet:
+    """The evaluation set of a pairs file, of its first ``max_pairs`` pairs (None:
+    ``data_config.max_val_pairs``, None there too: all); ``limit_key`` names the limit in errors.
 
     A pool of one candidate is refused: every query ranks it first, MRR 1.0 whatever the
     encoder. A small pool only warns, with the score a random ranking gets, because a few
     dozen candidates still tell encoders apart, only coarsely.
     """
     records = read_pairs(path, data_config.query_field, data_config.code_field, data_config.on_bad_record)
-    eval_set = eval_set_from_pairs(records.queries, records.codes, name, max_pairs=data_config.max_val_pairs)
+    max_pairs = max_pairs or data_config.max_val_pairs
+    eval_set = eval_set_from_pairs(records.queries, records.codes, name, max_pairs=max_pairs)
     pool = len(eval_set.pool)
-    used = min(len(records.queries), data_config.max_val_pairs or len(records.queries))
+    used = min(len(records.queries), max_pairs or len(records.queries))
     counts = f"{used} pairs, {len(eval_set.queries)} distinct queries, {pool} distinct codes"
     if pool < MIN_POOL:
         raise DualencError(
             f"{path}: {counts}: ranking a pool of {pool} candidate scores MRR 1.0 whatever the encoder; "
             f"give at least {MIN_POOL} pairs with different code"
-            + (" (or raise data.max_val_pairs)" if used < len(records.queries) else "")
+            + (f" (or raise {limit_key})" if used < len(records.queries) else "")
         )
     if pool < SMALL_POOL:
         # with one relevant item among n, a random ranking's expected reciprocal rank is H_n / n
@@ -142,3 +153,54 @@ def load_cosqa(directory: Path, split: str = "dev") -> EvalSet:
         queries.append(text_field(entry, "doc", where))
         relevant.append({gold: 1.0})
     return EvalSet(name=f"cosqa-{split}", queries=queries, pool=pool, relevant=relevant)
+
+
+# --- a run's validation sets -----------------------------------------------------------
+
+
+def val_set_specs(data: DataConfig) -> dict[str, ValSet]:
+    """The validation sets of a run by the prefix of their metric names: ``val/<name>`` for
+    each of ``data.val_sets``, in order; without them ``val`` for ``data.val_file`` alone, so
+    that a run with one file logs ``val/mrr`` as before there were several."""
+    if data.val_sets:
+        return {f"val/{name}": spec for name, spec in data.val_sets.items()}
+    return {"val": ValSet(file=data.val_file)}
+
+
+def data_key(prefix: str) -> str:
+    """The key in the data section of the set logged under ``prefix``, for messages."""
+    return "val_file" if prefix == "val" else f"val_sets.{prefix.removeprefix('val/')}"
+
+
+def benchmark_dir(spec: ValSet) -> Path:
+    return Path(spec.dir) if spec.dir is not None else default_cosqa_dir()
+
+
+def val_set_files(data: DataConfig) -> list[tuple[str, Path]]:
+    """(key in the data section, path) of every file the validation sets read, to check
+    before any work."""
+    files = []
+    for prefix, spec in val_set_specs(data).items():
+        key = data_key(prefix)
+        if spec.file is not None:
+            files.append((key if prefix == "val" else f"{key}.file", Path(spec.file)))
+        elif spec.benchmark is not None:
+            directory = benchmark_dir(spec)
+            split = COSQA_SPLITS[spec.split or DEFAULT_SPLIT]
+            files += [(f"{key}.dir", directory / name) for name in (COSQA_CODES, split)]
+    return files
+
+
+def load_val_sets(data: DataConfig) -> dict[str, EvalSet]:
+    """Every validation set of a run, by metric prefix (see ``val_set_specs``)."""
+    sets = {}
+    for prefix, spec in val_set_specs(data).items():
+        key = f"data.{data_key(prefix)}"
+        if spec.file is not None:
+            limit = f"{key}.max_pairs" if spec.max_pairs else "data.max_val_pairs"
+            sets[prefix] = load_eval_set(spec.file, data, prefix, spec.max_pairs, limit)
+        elif spec.benchmark is not None:
+            sets[prefix] = load_cosqa(benchmark_dir(spec), spec.split or DEFAULT_SPLIT)
+        else:
+            raise DualencError(f"{key}: give file: PAIRS.jsonl or benchmark: NAME")
+    return sets

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dualenc import Register, hookimpl
+from dualenc import Register, hookimpl, progress_enabled
 
 
 class ConsoleTracker:
@@ -15,7 +15,9 @@ class ConsoleTracker:
 
     def start(self, run_dir: Path, config: dict) -> None:
         total = config.get("train", {}).get("max_steps")
-        self._bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total, desc="train", unit="step", dynamic_ncols=True, disable=not progress_enabled()
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._bar.update(max(0, step - self._bar.n))
@@ -26,10 +28,14 @@ class ConsoleTracker:
                 pairs_s=f"{metrics.get('train/pairs_per_sec', 0):.1f}",
                 refresh=False,
             )
-        evaluation = {k: v for k, v in metrics.items() if k.startswith("val/")}
-        if evaluation:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in evaluation.items() if not k.endswith("pool_size"))
-            pool = evaluation.get("val/pool_size")
+        sets: dict[str, dict[str, float]] = {}  # one line per validation set: val, val/<name>
+        for name, value in metrics.items():
+            if name.startswith("val/"):
+                prefix, _, metric = name.rpartition("/")
+                sets.setdefault(prefix, {})[metric] = value
+        for prefix, evaluation in sets.items():
+            shown = "  ".join(f"{prefix}/{k}={v:.4f}" for k, v in evaluation.items() if k != "pool_size")
+            pool = evaluation.get("pool_size")
             suffix = f"  (pool {int(pool)})" if pool else ""
             self._bar.write(f"step {step}: {shown}{suffix}")
 

@@ -14,6 +14,7 @@ from dualenc.core.config import DataConfig
 from dualenc.core.data.keys import normalised_code_key
 from dualenc.core.data.pairset import PairSet, load_pair_set
 from dualenc.plugins.miners.bm25 import BM25Miner, BM25MinerOptions, TermWeights, code_words
+from dualenc.plugins.miners.common import Candidates, RoundCounts, sample_window
 from dualenc.plugins.miners.faiss import FaissMiner, FaissMinerOptions, ivf_parameters
 from dualenc.plugins.miners.random import RandomMiner, RandomMinerOptions
 
@@ -365,3 +366,115 @@ def test_term_weights_score_like_rank_bm25(corpus):
     for query in [*corpus.queries[:20], "read read the file", "no such words"]:
         words = code_words(query)
         np.testing.assert_allclose(weights.scores(words), bm25.get_scores(words), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "kept_scores", "filtered_margin", "filtered_score"),
+    [
+        ({"max_score": 0.88}, [0.87, 0.86, 0.84, 0.80, 0.60, 0.30], 0, 2),
+        # min_score also removes code 0 from queries 1..8, which score it 0
+        ({"min_score": 0.5}, [0.95, 0.89, 0.87, 0.86, 0.84, 0.80, 0.60], 0, 1 + 8),
+        ({"min_score": 0.5, "max_score": 0.85}, [0.84, 0.80, 0.60], 0, 5 + 8),
+        # the margin (above 0.85) goes first; max_score then removes 0.84 only
+        ({"margin": 0.05, "max_score": 0.82}, [0.80, 0.60, 0.30], 4, 1),
+    ],
+)
+def test_score_bounds_remove_exactly_the_candidates_outside_them(
+    options, kept_scores, filtered_margin, filtered_score, tmp_path
+):
+    corpus, encoder = margin_case(tmp_path)
+    scores = dict(enumerate(MARGIN_CASE_SCORES, start=1))
+    miner = FaissMiner(FaissMinerOptions(num_negatives=8, range_min=0, range_max=8, **options))
+    miner.mine(encoder, corpus, 0, tmp_path)
+    picked = miner.negatives(np.array([0]))[0]
+    assert sorted(scores[j] for j in picked[picked >= 0]) == sorted(kept_scores)
+    counts = json.loads((tmp_path / "mining" / "round-0000000.json").read_text())["counts"]
+    assert counts["filtered_margin"] == filtered_margin and counts["filtered_score"] == filtered_score
+    # queries 1..8 are one query: each meets the other 7 as duplicates
+    assert counts["filtered"] == 8 * 7 + filtered_margin + filtered_score
+    kept_by_others = miner.negatives(np.arange(1, 9))[:, 0]
+    assert (kept_by_others == (-1 if "min_score" in options else 0)).all()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, [1, 2, 3]),  # 0.95, 0.89, 0.87: the best three, best first
+        ({"range_min": 2}, [3, 4, 5]),  # ranks 2, 3, 4
+        ({"max_score": 0.88}, [3, 4, 5]),  # the best three at most 0.88
+        ({"relative_margin": 0.1, "range_max": 7}, [6, 7, -1]),  # ranks 5, 6 survive below 0.81
+    ],
+)
+def test_top_sampling_takes_the_best_ranked_survivors(options, expected, tmp_path):
+    corpus, encoder = margin_case(tmp_path)
+    rows = []
+    for seed in (1, 2):  # no draw: the seed changes nothing
+        settings = {"num_negatives": 3, "range_min": 0, "range_max": 8, "sampling": "top", "seed": seed}
+        miner = FaissMiner(FaissMinerOptions(**{**settings, **options}))
+        miner.mine(encoder, corpus, 0, tmp_path)
+        rows.append(miner.negatives(np.array([0]))[0].tolist())
+    assert rows == [expected, expected]
+
+
+def test_sample_window_on_a_hand_made_candidate_list():
+    """One pair (id 0) and its ranked candidates: itself, then pairs 4, 2 (a clone: same code
+    key), 5, 3, 1 with the scores below; the window is ranks 1..3 of the non-clones."""
+    code_key = np.array([10, 11, 10, 13, 14, 15])
+    query_key = np.array([20, 21, 22, 23, 24, 25])
+    candidates = Candidates(None, [(code_key, code_key), (query_key, query_key)], True)
+    candidate_ids = np.array([[0, 4, 2, 5, 3, 1]])
+    scores = np.array([[0.9, 0.8, 0.79, 0.7, 0.6, 0.5]])
+
+    def run(**options):
+        defaults = {"num_negatives": 3, "range_min": 1, "range_max": 4, "sampling": "top"}
+        counts = RoundCounts()
+        negatives = sample_window(
+            candidate_ids,
+            np.array([0]),
+            candidates,
+            FaissMinerOptions(**{**defaults, **options}),
+            np.random.default_rng(0),
+            counts,
+            scores=scores,
+        )
+        return negatives[0].tolist(), counts
+
+    # non-clones by rank: 4 (rank 0), 5 (1), 3 (2), 1 (3)
+    assert run()[0] == [5, 3, 1]
+    picked, counts = run(min_score=0.55, max_score=0.65)
+    assert picked == [3, -1, -1] and counts.score == 2 and counts.short == 1 and counts.duplicates == 1
+    # random sampling draws the same set when it must take all three
+    assert sorted(run(sampling="random")[0]) == [1, 3, 5]
+
+
+def test_new_options_are_validated_with_their_key_path():
+    from dualenc import ConfigError, load_config
+
+    with pytest.raises(ValueError, match=r"must be >= min_score \(0.5\) \(got 0.4\)"):
+        FaissMinerOptions(min_score=0.5, max_score=0.4)
+    with pytest.raises(ValueError, match="must be one of 'random', 'top'"):
+        BM25MinerOptions(sampling="best")
+    with pytest.raises(ConfigError, match=r"miner.max_score: must be >= min_score \(0.5\) \(got 0.4\)"):
+        load_config(data={"plugins": {"miner": "faiss"}, "miner": {"min_score": 0.5, "max_score": 0.4}})
+    with pytest.raises(ConfigError, match=r"miner.sampling: must be one of 'random', 'top' \(got 'best'\)"):
+        load_config(data={"plugins": {"miner": "bm25"}, "miner": {"sampling": "best"}})
+
+
+@pytest.mark.parametrize("kind", ["faiss", "random", "bm25"])
+def test_negatives_from_other_codes_are_never_a_clone_of_the_positive(kind, corpus, encoder, tmp_path):
+    """``run_round(codes=...)``: negatives index the given codes; a clone of a pair's code
+    (same normalised key) is never one of its negatives, another pair's code may be."""
+    # read_file's code with a comment: a clone of pair 0; then 40 codes of the corpus itself
+    codes = ["def read_file(items):  # clone\n    return items.read('file', 0)", *corpus.codes[1:41]]
+    wanted = 20 if kind == "random" else 8
+    miner = make_miner(kind, range_min=0, range_max=41, num_negatives=wanted)
+    mined = miner.run_round(encoder, corpus, 0, codes=codes)
+    negatives = mined.negatives
+    assert negatives.shape == (len(corpus), wanted) and negatives.max() < len(codes)
+    keys = np.array([normalised_code_key(code) for code in codes])
+    for row, picked in enumerate(negatives):
+        picked = picked[picked >= 0]
+        assert not (keys[picked] == corpus.code_key[row]).any(), (row, picked)
+    assert 0 not in negatives[0]  # the clone
+    assert mined.record["num_candidates"] == len(codes)
+    assert miner.due(0)  # a round for the command leaves the training state alone

@@ -67,18 +67,26 @@ def hidden_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{tag}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+@contextmanager
+def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[Any]:
+    """A file opened beside ``path`` and renamed onto it when the block ends without an error:
+    a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
     temporary = hidden_sibling(path)
     try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write(text)
+        with open(temporary, mode, **kwargs) as out:
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

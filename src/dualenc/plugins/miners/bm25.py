@@ -1,11 +1,12 @@
 """``bm25``: lexical hard negatives, as DPR mined them, with ``rank_bm25``'s BM25Okapi.
 
-The codes are indexed once (the corpus never changes during training) and every query is
-scored against all of them. ``BM25Okapi`` supplies the statistics (idf, lengths, k1, b);
-scoring goes through ``TermWeights``, the same formula over postings lists, because
-``get_scores`` loops in Python over every document for every query word (108 s for the
-4,253 stdlib training pairs, against about a second). The negatives do not depend on the
-model, so they are mined once, before the first step, and saved with the checkpoints.
+The codes (the training pairs', or those of ``dualenc mine --corpus``) are indexed once (the
+corpus never changes during training) and every query is scored against all of them.
+``BM25Okapi`` supplies the statistics (idf, lengths, k1, b); scoring goes through
+``TermWeights``, the same formula over postings lists, because ``get_scores`` loops in
+Python over every document for every query word (108 s for the 4,253 stdlib training pairs,
+against about a second). The negatives do not depend on the model, so they are mined once,
+before the first step, and saved with the checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import defaultdict
 import attrs
 import numpy as np
 
-from dualenc import Register, at_least, at_most, hookimpl
+from dualenc import Register, at_least, at_most, hookimpl, one_of
 from dualenc.plugins.miners.common import (
     RoundCounts,
     RoundMiner,
@@ -79,6 +80,8 @@ class BM25MinerOptions:
     # DPR took the very top lexical matches, so the window starts at 0
     range_min: int = attrs.field(default=0, validator=at_least(0))
     range_max: int = attrs.field(default=30, validator=[at_least(1), check_window])
+    # among the candidates left: "random" draws num_negatives, "top" takes the best-ranked (DPR)
+    sampling: str = attrs.field(default="random", validator=one_of("random", "top"))
     # also treat codes equal up to identifier names as clones of the positive
     normalise_identifiers: bool = False
     k1: float = attrs.field(default=1.5, validator=at_least(0))
@@ -89,18 +92,18 @@ class BM25MinerOptions:
 class BM25Miner(RoundMiner):
     name = "bm25"
 
-    def mine_round(self, encoder, corpus, keys, rng) -> RoundResult:
+    def mine_round(self, encoder, corpus, candidates, rng) -> RoundResult:
         from rank_bm25 import BM25Okapi
 
         options = self.options
         num_pairs = len(corpus)
         started = time.perf_counter()
-        bm25 = BM25Okapi([code_words(code) for code in corpus.codes], k1=options.k1, b=options.b)
+        bm25 = BM25Okapi([code_words(code) for code in candidates.codes], k1=options.k1, b=options.b)
         weights = TermWeights(bm25)
         index_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        depths = np.minimum(options.range_max + 1 + duplicate_counts(keys), num_pairs)
+        depths = np.minimum(options.range_max + 1 + duplicate_counts(candidates), len(candidates))
         negatives = np.empty((num_pairs, options.num_negatives), dtype=np.int64)
         counts = RoundCounts()
         for start in range(0, num_pairs, SCORE_CHUNK):
@@ -109,14 +112,7 @@ class BM25Miner(RoundMiner):
             for position, row in enumerate(rows):
                 ranked = self.ranked(weights.scores(code_words(corpus.queries[row])), depths[row])
                 candidate_ids[position, : len(ranked)] = ranked
-            negatives[rows] = sample_window(
-                candidate_ids,
-                rows,
-                keys,
-                options,
-                rng,
-                counts,
-            )
+            negatives[rows] = sample_window(candidate_ids, rows, candidates, options, rng, counts)
         return RoundResult(
             negatives=negatives,
             counts=counts,

@@ -1,11 +1,12 @@
 """``faiss``: dense hard negatives from the model being trained, refreshed on a schedule.
 
 Each round (before the first step, then every ``refresh_every`` steps) encodes every
-training code with the current model, indexes the embeddings with FAISS and searches every
-training query; the negatives come from a rank window of the results, after the
-false-negative filters of ``common``. Between rounds the loop reuses the last round's
-negatives. Memory: the code embeddings (N x dim, ``store_dtype``) and the index; queries are
-encoded and searched a chunk at a time.
+training code (or, for ``dualenc mine --corpus``, every code of that corpus) with the current
+model, indexes the embeddings with FAISS and searches every training query; the negatives
+come from a rank window of the results, after the false-negative and score filters of
+``common``, drawn at random or the best-ranked (``sampling``). Between rounds the loop
+reuses the last round's negatives. Memory: the code embeddings (N x dim, ``store_dtype``)
+and the index; queries are encoded and searched a chunk at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dualenc.plugins.miners.common import (
     RoundCounts,
     RoundMiner,
     RoundResult,
+    check_score_range,
     check_window,
     duplicate_counts,
     encoder_sha256,
@@ -48,6 +50,11 @@ class FaissMinerOptions:
     # drop candidates scoring above positive - margin, or above positive * (1 - relative_margin)
     margin: float | None = attrs.field(default=None, validator=at_least(0))
     relative_margin: float | None = attrs.field(default=None, validator=[at_least(0), at_most(1)])
+    # drop candidates scoring below min_score or above max_score (inner products of unit vectors)
+    min_score: float | None = None
+    max_score: float | None = attrs.field(default=None, validator=check_score_range)
+    # among the candidates left: "random" draws num_negatives, "top" takes the best-ranked
+    sampling: str = attrs.field(default="random", validator=one_of("random", "top"))
     # also treat codes equal up to identifier names as clones of the positive
     normalise_identifiers: bool = False
     # exact inner-product search up to this many codes; IVF (approximate) beyond
@@ -115,16 +122,16 @@ def build_index(embeddings: np.ndarray, options: FaissMinerOptions, rng: np.rand
 class FaissMiner(RoundMiner):
     name = "faiss"
 
-    def mine_round(self, encoder, corpus, keys, rng) -> RoundResult:
+    def mine_round(self, encoder, corpus, candidates, rng) -> RoundResult:
         options = self.options
-        num_pairs = len(corpus)
+        num_pairs, num_codes = len(corpus), len(candidates)
         encode_seconds = search_seconds = 0.0
 
         started = time.perf_counter()
-        code_tokens = corpus.token_ids("code")
-        codes = np.empty((num_pairs, encoder.dim), dtype=options.store_dtype)
-        for start in range(0, num_pairs, ENCODE_SLICE):
-            part = [code_tokens[i] for i in range(start, min(start + ENCODE_SLICE, num_pairs))]
+        code_tokens = candidates.token_ids(encoder)
+        codes = np.empty((num_codes, encoder.dim), dtype=options.store_dtype)
+        for start in range(0, num_codes, ENCODE_SLICE):
+            part = [code_tokens[i] for i in range(start, min(start + ENCODE_SLICE, num_codes))]
             codes[start : start + len(part)] = encode_token_ids(encoder, part, "code", options.batch_size)
         encode_seconds += time.perf_counter() - started
 
@@ -133,25 +140,33 @@ class FaissMiner(RoundMiner):
         search_seconds += time.perf_counter() - started
 
         query_tokens = corpus.token_ids("query")
-        depths = np.minimum(options.range_max + 1 + duplicate_counts(keys), min(num_pairs, MAX_SEARCH_DEPTH))
+        depths = np.minimum(
+            options.range_max + 1 + duplicate_counts(candidates), min(num_codes, MAX_SEARCH_DEPTH)
+        )
         negatives = np.empty((num_pairs, options.num_negatives), dtype=np.int64)
         counts = RoundCounts()
         for start in range(0, num_pairs, SEARCH_CHUNK):
             rows = np.arange(start, min(start + SEARCH_CHUNK, num_pairs))
             started = time.perf_counter()
-            part = [query_tokens[i] for i in rows]
-            queries = encode_token_ids(encoder, part, "query", options.batch_size)
+            queries = encode_token_ids(encoder, [query_tokens[i] for i in rows], "query", options.batch_size)
+            if candidates.pairs_themselves:
+                positives = codes[rows].astype(np.float32)
+            else:  # the positives are not among the indexed codes
+                pair_codes = corpus.token_ids("code")
+                positives = encode_token_ids(
+                    encoder, [pair_codes[i] for i in rows], "code", options.batch_size
+                )
             encode_seconds += time.perf_counter() - started
 
             started = time.perf_counter()
             scores, candidate_ids = index.search(queries, int(depths[rows].max()))
             search_seconds += time.perf_counter() - started
 
-            positive_scores = np.einsum("ij,ij->i", queries, codes[rows].astype(np.float32))
+            positive_scores = np.einsum("ij,ij->i", queries, positives)
             negatives[rows] = sample_window(
                 candidate_ids,
                 rows,
-                keys,
+                candidates,
                 options,
                 rng,
                 counts,

@@ -1,4 +1,5 @@
-"""``random``: uniformly random negatives from the training pairs, with the same filters.
+"""``random``: uniformly random negatives from the training pairs (or the codes of
+``dualenc mine --corpus``), with the same filters.
 
 The baseline a hard-negative miner has to beat: extra negatives that cost no search. A
 draw that is the pair itself or a duplicate of its positive (same code key or query key) is
@@ -33,9 +34,9 @@ class RandomMinerOptions:
 class RandomMiner(RoundMiner):
     name = "random"
 
-    def mine_round(self, encoder, corpus, keys, rng) -> RoundResult:
+    def mine_round(self, encoder, corpus, candidates, rng) -> RoundResult:
         started = time.perf_counter()
-        num_pairs, wanted = len(corpus), self.options.num_negatives
+        num_pairs, num_codes, wanted = len(corpus), len(candidates), self.options.num_negatives
         negatives = np.full((num_pairs, wanted), -1, dtype=np.int64)
         filled = np.zeros(num_pairs, dtype=np.int64)
         counts = RoundCounts()
@@ -43,8 +44,8 @@ class RandomMiner(RoundMiner):
             rows = np.flatnonzero(filled < wanted)
             if not len(rows):
                 break
-            draws = rng.integers(0, num_pairs, size=(len(rows), wanted))
-            itself, duplicate = excluded_candidates(draws, rows, keys)
+            draws = rng.integers(0, num_codes, size=(len(rows), wanted))
+            itself, duplicate = excluded_candidates(draws, rows, candidates)
             counts.duplicates += int(duplicate.sum())
             for column in range(wanted):
                 candidate = draws[:, column]
@@ -53,9 +54,11 @@ class RandomMiner(RoundMiner):
                 negatives[rows[take], filled[rows[take]]] = candidate[take]
                 filled[rows[take]] += 1
         for row in np.flatnonzero(filled < wanted):
-            same = np.zeros(num_pairs, dtype=bool)
-            for key in keys:
-                same |= key == key[row]
+            same = np.zeros(num_codes, dtype=bool)
+            for pair_key, candidate_key in candidates.keys:
+                same |= candidate_key == pair_key[row]
+            if candidates.pairs_themselves:
+                same[row] = True
             same[negatives[row, : filled[row]]] = True
             eligible = np.flatnonzero(~same)
             extra = rng.choice(eligible, size=min(len(eligible), wanted - filled[row]), replace=False)

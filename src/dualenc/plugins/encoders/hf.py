@@ -10,7 +10,9 @@ so dualenc works without it until ``hf`` is selected.
 sentence-transformers pooling config; ``save_sentence_transformers`` adds what
 ``SentenceTransformer(folder)`` needs to load it (``dualenc export``). A checkpoint is
 rebuilt from that folder alone (``from_checkpoint``): ``model_path`` only records where the
-weights first came from, and that folder may since have been moved or deleted.
+weights first came from, and that folder may since have been moved or deleted. The query and
+code prompts travel the same way: ``save`` records them in the folder's
+config_sentence_transformers.json (see ``prompts``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from tokenizers import Tokenizer
 
-from dualenc import DualencError, Register, at_least, dropout, hookimpl, load_weights, one_of
+from dualenc import SIDES, DualencError, Register, at_least, dropout, hookimpl, load_weights, one_of
+from dualenc.plugins.encoders.prompts import (
+    max_len_field,
+    read_st_config,
+    resolve_prompts,
+    side_max_lengths,
+    write_prompts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,13 @@ class HFOptions:
     # "auto": the folder's sentence-transformers pooling config (1_Pooling/config.json), else mean
     pooling: str = attrs.field(default="auto", validator=one_of("auto", *POOLING_MODES))
     normalize: bool = True
+    # prepended to each query / code text; None: the model folder's sentence-transformers
+    # prompts (config_sentence_transformers.json "query" / "document"), else none
+    query_prefix: str | None = None
+    code_prefix: str | None = None
+    # each side's truncation length, at most max_seq_len; None: max_seq_len
+    query_max_len: int | None = max_len_field()
+    code_max_len: int | None = max_len_field()
 
 
 def default_model_path() -> Path:
@@ -139,9 +155,21 @@ def pooling_config(mode: str, dim: int) -> dict:
 
 
 class HFEncoder(torch.nn.Module):
+    # both sides go through the one model: dualenc export --format onnx writes one graph
+    shared_tower = True
+
     # a checkpoint may be loaded with other values of these (a resume with a changed config):
-    # none of them changes what a weight means; model_path and the weights' shapes do
-    options_changeable_on_load = ("max_seq_len", "pooling", "normalize")
+    # none of them changes what a weight means; model_path and the weights' shapes do. A changed
+    # prompt is logged: the weights were trained with the old one
+    options_changeable_on_load = (
+        "max_seq_len",
+        "pooling",
+        "normalize",
+        "query_prefix",
+        "code_prefix",
+        "query_max_len",
+        "code_max_len",
+    )
 
     def __init__(self, options: HFOptions, checkpoint: Path | None = None):
         """The model of ``options.model_path``, or that of ``checkpoint``, a folder ``save`` wrote."""
@@ -175,10 +203,12 @@ class HFEncoder(torch.nn.Module):
             self.model.pooler.requires_grad_(False)
         self._use_fast_dropout(transformers)
         self.dim = config.hidden_size
-        self.max_seq_len = options.max_seq_len
+        self.max_lengths = side_max_lengths(options)
+        # the longest sequence tokenize gives
+        self.max_seq_len = max(self.max_lengths.values())
         # the model's own pad id: some (RoBERTa) derive position ids from where it appears
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
-        self._read_tokenizer_and_pooling(path)
+        self._read_folder(path, checkpoint=checkpoint is not None)
         log.info("hf encoder %s: %d parameters", path, self.num_parameters)
 
     @classmethod
@@ -205,7 +235,8 @@ class HFEncoder(torch.nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _read_tokenizer_and_pooling(self, path: Path) -> None:
+    def _read_folder(self, path: Path, checkpoint: bool) -> None:
+        """The tokenizer, prompts and pooling of the model folder ``path``."""
         # kept as bytes, so that save writes the folder's own tokenizer files back unchanged
         self._tokenizer_files = {
             name: (path / name).read_bytes()
@@ -215,19 +246,38 @@ class HFEncoder(torch.nn.Module):
         tokenizer = Tokenizer.from_str(self._tokenizer_files[TOKENIZER_FILE].decode())
         # tokenizer.json may pad every text to a fixed length; batches are padded by the caller
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=self.max_seq_len)
+        tokenizer.no_truncation()
         self._tokenizer = tokenizer
+        # one copy per side, each truncating at its side's length: tokenize never changes a
+        # tokenizer's settings, so concurrent calls (a Retriever shared by threads) are safe
+        self._side_tokenizers = {}
+        for side in SIDES:
+            self._side_tokenizers[side] = Tokenizer.from_str(tokenizer.to_str())
+            self._side_tokenizers[side].enable_truncation(max_length=self.max_lengths[side])
+        self._st_config = read_st_config(path)
+        self.prompts = resolve_prompts(self.options, self._st_config, path, checkpoint)
         self.pooling = read_pooling_mode(path) if self.options.pooling == "auto" else self.options.pooling
 
     def prepare(self, texts: Iterable[str]) -> None:
         """Nothing to learn: the vocabulary comes with the pretrained model."""
 
     def tokenizer_fingerprint(self) -> str:
-        # the serialised tokenizer includes the truncation length, which changes the ids too
-        return hashlib.sha256(self._tokenizer.to_str().encode()).hexdigest()
+        # prompts and truncation lengths change the ids as much as the tokenizer does
+        described = {
+            "tokenizer": self._tokenizer.to_str(),
+            "prompts": self.prompts,
+            "max_lengths": self.max_lengths,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
     def tokenize(self, texts: Sequence[str], side: str) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.int32) for e in self._tokenizer.encode_batch(list(texts))]
+        """Token ids of ``prompts[side] + text``, truncated to ``max_lengths[side]`` (the final
+        special token kept)."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES} (got {side!r})")
+        prompt = self.prompts[side]
+        texts = [prompt + text for text in texts] if prompt else list(texts)
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._side_tokenizers[side].encode_batch(texts)]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: str) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -240,7 +290,8 @@ class HFEncoder(torch.nn.Module):
         return F.normalize(pooled, dim=-1) if self.options.normalize else pooled
 
     def save(self, directory: Path) -> None:
-        """Write a Hugging Face model folder: weights, config, tokenizer files, pooling config."""
+        """Write a Hugging Face model folder: weights, config, tokenizer files, pooling config, and
+        the resolved prompts in config_sentence_transformers.json."""
         directory = Path(directory)
         save_model(self.model, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         self.model.config.to_json_file(str(directory / MODEL_CONFIG_FILE))
@@ -249,6 +300,7 @@ class HFEncoder(torch.nn.Module):
         pooling_path = directory / POOLING_CONFIG_FILE
         pooling_path.parent.mkdir(exist_ok=True)
         pooling_path.write_text(json.dumps(pooling_config(self.pooling, self.dim), indent=2) + "\n")
+        write_prompts(directory, self.prompts, self._st_config)
 
     def load(self, directory: Path) -> None:
         directory = Path(directory)
@@ -257,33 +309,58 @@ class HFEncoder(torch.nn.Module):
         load_weights(
             self.model, directory / WEIGHTS_FILE, device, describes=str(directory / MODEL_CONFIG_FILE)
         )
-        self._read_tokenizer_and_pooling(directory)
+        self._read_folder(directory, checkpoint=True)
 
     def save_sentence_transformers(self, directory: Path) -> None:
-        """Write a folder that ``sentence_transformers.SentenceTransformer(directory)`` loads."""
+        """Write a folder that ``sentence_transformers.SentenceTransformer(directory)`` loads: the
+        model built from sentence-transformers' own modules (Transformer, Pooling, Normalize when
+        this encoder normalises) and written by its ``save``, so the folder holds what that
+        library writes (modules.json, its configs with versions, the prompts).
+
+        sentence-transformers keeps one ``max_seq_length``, which plain ``encode`` truncates at:
+        it is the code side's. When the sides' lengths differ, the Transformer module's
+        ``query_length`` and ``document_length`` hold both, and ``encode_query`` /
+        ``encode_document`` truncate each side at its own, with its prompt, as dualenc does.
+        """
+        import inspect
+        import tempfile
+
+        from sentence_transformers import SentenceTransformer, __version__
+
+        from dualenc.plugins.encoders.prompts import st_prompts
+
+        try:  # sentence-transformers >= 6
+            from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        except ImportError:
+            from sentence_transformers.models import Normalize, Pooling, Transformer
+
         directory = Path(directory)
-        self.save(directory)
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.options.normalize:
-            modules.append(
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                }
+        lengths = {"max_seq_length": self.max_lengths["code"]}
+        if self.max_lengths["query"] != self.max_lengths["code"]:
+            if "query_length" not in inspect.signature(Transformer.__init__).parameters:
+                raise DualencError(
+                    f"sentence-transformers {__version__} has one max length for both sides; this "
+                    f"encoder's query and code max lengths differ ({self.max_lengths}). Upgrade "
+                    "sentence-transformers (>= 6.2 stores both), or export with --format onnx"
+                )
+            lengths.update(query_length=self.max_lengths["query"], document_length=self.max_lengths["code"])
+        # the Transformer module reads a model folder: this encoder's, written beside the export
+        with tempfile.TemporaryDirectory(prefix=".hf-", dir=directory.parent) as source:
+            self.save(Path(source))
+            modules = [
+                Transformer(source, **lengths),
+                Pooling(self.dim, pooling_mode=self.pooling),
+            ]
+            if self.options.normalize:
+                modules.append(Normalize())
+            model = SentenceTransformer(
+                modules=modules,
+                device="cpu",
+                prompts=st_prompts(self.prompts, self._st_config),
+                default_prompt_name=None,
+                similarity_fn_name="cosine" if self.options.normalize else "dot",
             )
-            (directory / "2_Normalize").mkdir(exist_ok=True)
-        (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
-        transformer_config = {"max_seq_length": self.max_seq_len, "do_lower_case": False}
-        (directory / "sentence_bert_config.json").write_text(json.dumps(transformer_config, indent=2) + "\n")
-        model_config = {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine"}
-        (directory / "config_sentence_transformers.json").write_text(
-            json.dumps(model_config, indent=2) + "\n"
-        )
+        model.save(str(directory), create_model_card=False)
 
 
 def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout_p=0.0, **kwargs):

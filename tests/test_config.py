@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from dualenc.cli import cli
-from dualenc.core.config import RunConfig, TrainConfig
+from dualenc.core.config import RunConfig, TrainConfig, TrainFile
 from dualenc.core.configio import dump_yaml, load_config, unstructure
 from dualenc.core.device import resolve_device
 from dualenc.core.loop import train
@@ -314,6 +314,46 @@ def test_a_set_value_replaces_what_the_file_said_below_it(tmp_path):
     assert cli_error("config", "validate", "--config", path, "--set", "train={batch_size: -1}") == (
         "--set train: train.batch_size: must be >= 1 (got -1)"
     )
+
+
+def test_a_key_written_with_its_replacement_is_an_error_naming_both(tmp_path):
+    # the default paths written out, as configs/baseline.yaml does, count as written
+    path = write(
+        tmp_path,
+        """\
+        data:
+          train_file: data/code_pairs/train.jsonl
+          train_files:
+            - path: a.jsonl
+          val_file: data/code_pairs/val.jsonl
+          val_sets:
+            x: b.jsonl
+        """,
+    )
+    assert problems_of(path) == [
+        f"{path}:3: data.train_files: give data.train_file (data/code_pairs/train.jsonl, line 2) or "
+        "data.train_files, not both (to keep the file, list it in train_files)",
+        f"{path}:6: data.val_sets: give data.val_file (data/code_pairs/val.jsonl, line 5) or "
+        "data.val_sets, not both (to keep the file, name it in val_sets)",
+    ]
+    one = write(tmp_path, "data:\n  val_file: data/code_pairs/val.jsonl\n", "one.yaml")
+    assert problems_of(one, sets=["data.val_sets.x=b.jsonl"]) == [
+        "--set data.val_sets.x: data.val_sets.x: give data.val_file (data/code_pairs/val.jsonl, line 2) "
+        "or data.val_sets, not both (to keep the file, name it in val_sets; --set data.val_file=null "
+        "takes back the file's data.val_file)"
+    ]
+    assert problems_of(None, sets=["data.train_file=t.jsonl", "data.train_files=[{path: a.jsonl}]"]) == [
+        "--set data.train_files: data.train_files: give data.train_file (t.jsonl, --set data.train_file) "
+        "or data.train_files, not both (to keep the file, list it in train_files)"
+    ]
+    # null takes a key back (its default applies); an empty list replaces nothing
+    config = load_config(one, sets=["data.val_sets.x=b.jsonl", "data.val_file=null"])
+    assert config.data.val_file == "data/code_pairs/val.jsonl" and list(config.data.val_sets) == ["x"]
+    empty = load_config(data={"data": {"train_file": "t.jsonl", "train_files": []}})
+    assert empty.data.training_files() == (TrainFile("t.jsonl"),)
+    # a resolved config leaves out the key its replacement overrides, so it loads back
+    assert "val_file" not in unstructure(config)["data"]
+    assert load_config(write(tmp_path, dump_yaml(config), "shown.yaml")) == config
 
 
 def usable_cuda_problem() -> tuple[str, str]:

@@ -18,7 +18,7 @@ from dualenc.errors import DualencError
 from dualenc.plugins.evaluators.metrics import rank_pool
 from dualenc.plugins.evaluators.mrr import MRREvaluator, MRROptions
 from dualenc.registry import load_catalog
-from dualenc.registry.kinds import Encoder, EvalSet
+from dualenc.registry.kinds import EncoderModel, EvalSet
 
 # shared/ lies beside the checkout, here and in CI
 COSQA_DIR = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "cosqa"
@@ -62,7 +62,7 @@ def hashbag_catalog(tmp_path, monkeypatch):
 
 
 def test_test_encoder_is_an_encoder():
-    assert isinstance(TinyEncoder(dim=EVAL_ENCODER_DIM), Encoder)
+    assert isinstance(TinyEncoder(dim=EVAL_ENCODER_DIM), EncoderModel)
 
 
 def test_evaluator_end_to_end(pairs_file):

@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
+import yaml
 from fakes import logged_losses, tiny_config, write_distribution, write_pairs
 
 from dualenc.core import checkpoint
@@ -45,6 +46,97 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, pair_fil
     encoder, plugin, _ = checkpoint.load_encoder(best)
     assert plugin == "transformer" and encoder.dim == 32
     assert sorted(p.name for p in (tmp_path / "a" / "run").glob("step-*")) == ["step-0000003", "step-0000006"]
+
+
+# the keys of issue 19, which checkpoints saved before it lack; at their defaults in tiny_config
+KEYS_ADDED_LATER = {
+    "data": ["train_files", "val_sets", "positives_field", "negatives_field", "max_provided_negatives"],
+    "train": ["best_metric", "best_mode", "early_stopping_patience", "early_stopping_min_delta"],
+    "encoder": ["query_prefix", "code_prefix", "query_max_len", "code_max_len"],
+}
+
+
+def make_checkpoint_old(directory):
+    """Make ``directory`` look saved before issue 19: its config.yaml, encoder.json and
+    trainer_state.json without the keys added since, and without the files added since."""
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    record = json.loads((directory / "encoder.json").read_text())
+    for section, keys in KEYS_ADDED_LATER.items():
+        for key in keys:
+            del config[section][key]
+            if section == "encoder":
+                del record["options"][key]
+    (directory / "config.yaml").unlink()  # a new inode: the step-N copies are hard links
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (directory / "encoder.json").unlink()
+    (directory / "encoder.json").write_text(json.dumps(record))
+    state = json.loads((directory / "trainer_state.json").read_text())
+    del state["best_metric_name"], state["evals_without_improvement"]
+    (directory / "trainer_state.json").unlink()
+    (directory / "trainer_state.json").write_text(json.dumps(state))
+    (directory / "training.json").unlink()
+    (directory / "config_sentence_transformers.json").unlink()
+
+
+def test_a_checkpoint_saved_before_keys_were_added_resumes_exactly(tmp_path, pair_files, caplog):
+    whole = tiny_config(tmp_path / "a", pair_files, max_steps=4)
+    train(whole)
+    split = tiny_config(tmp_path / "b", pair_files, max_steps=4)
+    train(split, stop_after=2)
+    make_checkpoint_old(tmp_path / "b" / "run" / "last")
+    caplog.set_level("INFO", logger="dualenc.train")
+    assert train(split, resume_from=tmp_path / "b" / "run" / "last").step == 4
+    assert "resuming exactly from" in caplog.text
+    expected = logged_losses(tmp_path / "a" / "run")
+    assert sorted(expected) == [1, 2, 3, 4]
+    assert logged_losses(tmp_path / "b" / "run") == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_key_the_checkpoint_lacks_is_a_change_only_away_from_its_default(tmp_path, pair_files):
+    config = tiny_config(tmp_path, pair_files)
+    old = yaml.safe_load(dump_yaml(config))
+    for section, keys in KEYS_ADDED_LATER.items():
+        for key in keys:
+            del old[section][key]
+    old_yaml = yaml.safe_dump(old)
+    assert checkpoint.config_changes(old_yaml, config) == []
+    changed = attrs.evolve(
+        config,
+        train=attrs.evolve(config.train, best_mode="min"),
+        encoder=attrs.evolve(config.encoder, query_prefix="query: "),
+    )
+    assert checkpoint.config_changes(old_yaml, changed) == [
+        "encoder.query_prefix: None -> 'query: '",
+        "train.best_mode: 'max' -> 'min'",
+    ]
+    # a config the current classes no longer read (a removed key) is compared as written
+    old["train"]["removed_key"] = 1
+    # (a missing key reads as None, so only the keys whose default is not None show)
+    assert checkpoint.config_changes(yaml.safe_dump(old), config) == [
+        "data.negatives_field: None -> 'neg'",
+        "data.positives_field: None -> 'pos'",
+        "data.train_files: None -> []",
+        "train.best_mode: None -> 'max'",
+        "train.early_stopping_min_delta: None -> 0.0",
+        "train.removed_key: 1 -> None",
+    ]
+
+
+def test_the_train_command_names_the_best_metric_and_its_checkpoint(tmp_path, pair_files):
+    from click.testing import CliRunner
+
+    from dualenc.cli import cli
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(dump_yaml(tiny_config(tmp_path, pair_files, max_steps=2, eval_interval=2)))
+    result = CliRunner().invoke(cli, ["train", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = max(row["val/mrr"] for row in rows if "val/mrr" in row)
+    assert result.output.splitlines()[-2:] == [
+        f"finished at step 2; best val/mrr {best:.4f} in {tmp_path / 'run' / 'encoder-best-mrr'}",
+        f"last checkpoint: {tmp_path / 'run' / 'last'}",
+    ]
 
 
 def test_a_new_config_takes_only_the_weights(tmp_path, pair_files, caplog):

@@ -5,16 +5,21 @@ Everything a user or a plugin author imports is a name of this package; what liv
 ``import dualenc`` loads neither torch nor faiss.
 
 - Plugin authors: ``hookimpl``, ``Register`` (the callback every component hook receives),
-  the protocols ``Encoder``, ``Loss``, ``Miner``, ``Evaluator``, ``Tracker``, the records
+  the protocols ``EncoderModel``, ``Loss``, ``Miner``, ``Evaluator``, ``Tracker``, the records
   ``ContrastiveBatch``, ``EvalSet`` and ``PairSet``, the option validators ``at_least``,
   ``at_most``, ``greater_than``, ``one_of``, ``non_empty``, and ``encode_texts`` /
   ``encode_token_ids`` for encoding many texts the way evaluation and mining do, the dedup
   keys ``query_key`` and ``normalised_code_key``, ``read_codes`` (a JSONL file's codes),
   ``load_weights`` (an encoder's safetensors weights, with a short error when they do not
-  fit) and ``atomic_write_text`` / ``atomic_write_json``.
+  fit), ``atomic_write_text`` / ``atomic_write_json`` and ``progress_enabled`` (False while
+  ``train(..., progress=False)`` runs: leave progress bars out).
   ``load_catalog()`` finds every installed component (a plugin's tests use it).
   ``dualenc.dropout`` holds the CPU dropout the built-in encoders use.
-- Users: ``load_config``, ``Retriever`` and ``Hit``; errors ``DualencError``, ``ConfigError``.
+- Users: ``train`` (a run from a config path, mapping or ``RunConfig``; returns a
+  ``TrainResult``), ``mine`` (one round of hard negatives written as training rows, as
+  ``dualenc mine``; returns a ``MineResult``), ``Encoder`` (a checkpoint or Hugging Face
+  model folder that encodes texts), ``load_config``, ``Retriever`` and ``Hit``; errors
+  ``DualencError``, ``ConfigError``.
 """
 
 from importlib import import_module
@@ -32,7 +37,7 @@ _PUBLIC = {
     "Register": "dualenc.registry.hookspecs",
     "load_catalog": "dualenc.registry.catalog",
     "Catalog": "dualenc.registry.catalog",
-    "Encoder": "dualenc.registry.kinds",
+    "EncoderModel": "dualenc.registry.kinds",
     "Loss": "dualenc.registry.kinds",
     "Miner": "dualenc.registry.kinds",
     "Evaluator": "dualenc.registry.kinds",
@@ -57,6 +62,12 @@ _PUBLIC = {
     "atomic_write_json": "dualenc.core.io",
     "encode_texts": "dualenc.core.encode",
     "encode_token_ids": "dualenc.core.encode",
+    "train": "dualenc.api",
+    "progress_enabled": "dualenc.api",
+    "TrainResult": "dualenc.core.loop",
+    "mine": "dualenc.api",
+    "MineResult": "dualenc.core.mine",
+    "Encoder": "dualenc.encoder",
     "Retriever": "dualenc.retriever",
     "Hit": "dualenc.retriever",
 }

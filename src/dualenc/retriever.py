@@ -1,11 +1,12 @@
 """``Retriever``: searches an index directory (``dualenc index build``) with the encoder it
-was built with; ``Hit``: one result. ``from dualenc import Retriever``."""
+was built with, or codes indexed in memory (``Retriever.from_encoder``); ``Hit``: one result.
+``from dualenc import Retriever``."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from dualenc.errors import ConfigError, DualencError
 
 # sqlite's smallest default limit on bound parameters per statement
 SQL_PARAMETERS = 900
+# the Hit fields an index directory's records table holds, in the order selected
+RECORD_FIELDS = ("code", "path", "symbol", "line", "id")
 
 
 @attrs.frozen
@@ -39,36 +42,42 @@ class Hit:
     line: int | None
     id: str  # the record's key: its corpus id, else path::symbol
     score: float
+    # what ``Retriever.from_encoder`` was given for this code; None for an index directory's
+    metadata: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        fields = attrs.asdict(self)
+        if fields["metadata"] is None:
+            del fields["metadata"]
+        return fields
 
 
 class Retriever:
-    """Searches an index directory with the encoder it was built with.
+    """Searches an index directory with the encoder it was built with, or codes indexed in
+    memory.
 
-    ``Retriever.load("indices/global_kb").search(["binary search"], k=10)``. One retriever
-    may serve several threads.
+    ``Retriever.load("indices/global_kb").search(["binary search"], k=10)``;
+    ``Retriever.from_encoder(encoder, codes).search(...)``. One retriever may serve several
+    threads.
     """
 
     def __init__(
         self,
-        index_dir: Path,
-        manifest: dict[str, Any],
+        index_dir: Path | None,
+        manifest: dict[str, Any] | None,
         index: faiss.Index,
-        meta: sqlite3.Connection,
+        records: SqliteRecords | MemoryRecords,
         encoder,
         batch_size: int = 64,
     ):
-        self.index_dir = Path(index_dir)
+        self.index_dir = Path(index_dir) if index_dir is not None else None
         self.manifest = manifest
         self.index = index
         # encode_texts restores the mode it finds: eval once here, so that concurrent
         # searches never see another one's switch back to training mode (dropout)
         self.encoder = encoder.eval()
         self.batch_size = batch_size
-        self._meta = meta
-        self._meta_lock = threading.Lock()
+        self._records = records
 
     @classmethod
     def load(
@@ -105,7 +114,38 @@ class Retriever:
         except BaseException:
             meta.close()
             raise
-        return cls(index_dir, manifest, index, meta, encoder, batch_size)
+        records = SqliteRecords(index_dir / META_FILE, meta)
+        return cls(index_dir, manifest, index, records, encoder, batch_size)
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder,
+        codes: Sequence[str],
+        *,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        ids: Sequence[str] | None = None,
+        batch_size: int = 64,
+    ) -> Retriever:
+        """Index ``codes`` in memory (exact inner product) with ``encoder``, a
+        ``dualenc.Encoder`` or an encoder plugin, for code kept in one's own storage.
+
+        ``ids``: each code's ``Hit.id`` (default its position, ``"0"``, ``"1"``, ...), unique.
+        ``metadata``: one mapping (or None) per code, returned as ``Hit.metadata``; its
+        ``path``, ``symbol`` and ``line`` fill the hit's fields of those names."""
+        from dualenc.encoder import Encoder
+
+        model = encoder.model if isinstance(encoder, Encoder) else encoder
+        codes = list(codes)
+        if not codes:
+            raise DualencError("codes: empty; give at least one code to search")
+        for position, code in enumerate(codes):
+            if not isinstance(code, str):
+                raise DualencError(f"codes[{position}]: must be a string, got {type(code).__name__}")
+        records = MemoryRecords(codes, metadata, ids)
+        index = faiss.IndexFlatIP(model.dim)
+        index.add(encode_texts(model.eval(), codes, "code", batch_size))
+        return cls(None, None, index, records, model, batch_size)
 
     @classmethod
     def from_config(cls, config: RunConfig | RetrievalConfig | dict[str, Any], *, encoder=None) -> Retriever:
@@ -135,39 +175,90 @@ class Retriever:
         if k < 1:
             raise DualencError(f"k must be >= 1 (got {k})")
         scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        rows = self._records(ids[ids >= 0])
+        rows = self._records.get(sorted({int(i) for i in ids[ids >= 0]}))
         return [
-            [Hit(*rows[int(i)], score=float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            [Hit(**rows[int(i)], score=float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
 
-    def _records(self, ids: np.ndarray) -> dict[int, tuple]:
-        """faiss id -> (code, path, symbol, line, key)."""
-        wanted = sorted({int(i) for i in ids})
-        found: dict[int, tuple] = {}
-        with self._meta_lock:
-            for start in range(0, len(wanted), SQL_PARAMETERS):
-                part = wanted[start : start + SQL_PARAMETERS]
-                marks = ",".join("?" * len(part))
-                query = f"SELECT id, code, path, symbol, line, key FROM records WHERE id IN ({marks})"
-                for row in self._meta.execute(query, part):
-                    found[row[0]] = row[1:]
-        missing = [i for i in wanted if i not in found]
-        if missing:
-            raise DualencError(
-                f"{self.index_dir / META_FILE}: no records for faiss ids {missing[:5]}; rebuild the index"
-            )
-        return found
-
     def close(self) -> None:
-        with self._meta_lock:
-            self._meta.close()
+        self._records.close()
 
     def __enter__(self) -> Retriever:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class SqliteRecords:
+    """The records of an index directory, in its meta.sqlite."""
+
+    def __init__(self, path: Path, meta: sqlite3.Connection):
+        self.path, self._meta, self._lock = path, meta, threading.Lock()
+
+    def get(self, wanted: list[int]) -> dict[int, dict[str, Any]]:
+        """faiss id -> the ``Hit`` fields but the score, of each of the sorted ids ``wanted``."""
+        found: dict[int, dict[str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(wanted), SQL_PARAMETERS):
+                part = wanted[start : start + SQL_PARAMETERS]
+                marks = ",".join("?" * len(part))
+                query = f"SELECT id, code, path, symbol, line, key FROM records WHERE id IN ({marks})"
+                for row in self._meta.execute(query, part):
+                    found[row[0]] = dict(zip(RECORD_FIELDS, row[1:], strict=True))
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise DualencError(f"{self.path}: no records for faiss ids {missing[:5]}; rebuild the index")
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            self._meta.close()
+
+
+class MemoryRecords:
+    """Codes given in Python: faiss id i is codes[i]."""
+
+    def __init__(
+        self,
+        codes: list[str],
+        metadata: Sequence[Mapping[str, Any] | None] | None,
+        ids: Sequence[str] | None,
+    ):
+        count = len(codes)
+        ids = [str(i) for i in range(count)] if ids is None else list(ids)
+        metadata = [None] * count if metadata is None else list(metadata)
+        for name, given in (("ids", ids), ("metadata", metadata)):
+            if len(given) != count:
+                raise DualencError(f"{name}: {len(given)} given for {count} codes; give one per code")
+        seen: dict[str, int] = {}
+        for position, key in enumerate(ids):
+            if not isinstance(key, str):
+                raise DualencError(f"ids[{position}]: must be a string, got {type(key).__name__}")
+            if key in seen:
+                raise DualencError(f"ids[{position}]: {key!r} is also ids[{seen[key]}]; ids must be unique")
+            seen[key] = position
+        self.rows = []
+        for position, (code, key, meta) in enumerate(zip(codes, ids, metadata, strict=True)):
+            if meta is not None and not isinstance(meta, Mapping):
+                raise DualencError(f"metadata[{position}]: must be a mapping, got {type(meta).__name__}")
+            meta = dict(meta) if meta is not None else None
+            given = meta or {}
+            self.rows.append(
+                {
+                    "code": code,
+                    **{name: given.get(name) for name in ("path", "symbol", "line")},
+                    "id": key,
+                    "metadata": meta,
+                }
+            )
+
+    def get(self, wanted: list[int]) -> dict[int, dict[str, Any]]:
+        return {i: self.rows[i] for i in wanted}
+
+    def close(self) -> None:
+        pass
 
 
 def check_queries(queries: Sequence[str]) -> None:

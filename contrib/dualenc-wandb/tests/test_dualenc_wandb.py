@@ -189,9 +189,9 @@ def test_options_come_from_the_trackers_block_with_key_path_errors():
     with pytest.raises(ConfigError) as info:
         load_config(data=data)
     assert sorted(info.value.problems) == [
-        "<config>: trackers.wandb.mode: must be one of 'auto', 'offline', 'online', 'disabled' "
+        "<mapping>: trackers.wandb.mode: must be one of 'auto', 'offline', 'online', 'disabled' "
         "(got 'sometimes')",
-        "<config>: trackers.wandb.tags: expected a list, got str 'a'",
+        "<mapping>: trackers.wandb.tags: expected a list, got str 'a'",
     ]
 
 

@@ -1,4 +1,4 @@
-"""``dualenc train``."""
+"""``dualenc train``: ``dualenc.train`` with the command line's config options."""
 
 from __future__ import annotations
 
@@ -30,13 +30,20 @@ from dualenc.cli_options import config_option, current_catalog, plugin_option, s
 )
 def train(config_path, plugins, sets, resume_from, stop_after):
     """Train a query/code dual encoder."""
-    from dualenc.core.configio import load_config
-    from dualenc.core.loop import train as run_training
+    from dualenc.api import run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    catalog = current_catalog()
-    config = load_config(config_path, plugins=list(plugins), sets=list(sets), catalog=catalog)
-    result = run_training(config, resume_from=resume_from, stop_after=stop_after, catalog=catalog)
-    best = f"{result.best_metric:.4f}" if result.best_metric is not None else "n/a"
-    click.echo(f"{result.status} at step {result.step}; best val metric {best}")
+    result = run(
+        config_path,
+        catalog=current_catalog(),
+        overrides=list(sets),
+        selection=list(plugins),
+        resume_from=resume_from,
+        stop_after=stop_after,
+    )
+    if result.best_metric is None:
+        best = f"no {result.best_metric_name} (no evaluation ran)"
+    else:
+        best = f"best {result.best_metric_name} {result.best_metric:.4f} in {result.best_checkpoint}"
+    click.echo(f"{result.status} at step {result.step}; {best}")
     click.echo(f"last checkpoint: {result.last_checkpoint}")

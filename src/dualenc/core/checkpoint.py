@@ -24,7 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dualenc import __version__
+from dualenc.core.best import BestMetric
 from dualenc.core.io import fsync_tree, old_twin, read_json, replace_dir, staged_dir
+from dualenc.core.training_record import TRAINING_JSON, write_training_record
 from dualenc.errors import DualencError
 
 log = logging.getLogger("dualenc.train")
@@ -182,9 +184,10 @@ LAST_NAME = "last"
 
 
 def best_name(metric: str) -> str:
-    """The folder of the best checkpoint by the evaluator's primary ``metric``:
-    ``encoder-best-mrr`` for mrr, the path the seed's stage two resumes from."""
-    return f"encoder-best-{metric}"
+    """The folder of the best checkpoint by the logged ``metric``: ``encoder-best-mrr`` for
+    ``val/mrr`` (the path the seed's stage two resumes from), ``encoder-best-cosqa-mrr`` for
+    ``val/cosqa/mrr``."""
+    return "encoder-best-" + metric.removeprefix("val/").replace("/", "-")
 
 
 def resolve(directory: Path) -> Path:
@@ -274,6 +277,9 @@ class TrainerState:
     best_metric: float | None
     torch_rng: torch.Tensor
     cuda_rng: list[torch.Tensor]
+    best_metric_name: str | None = None  # None in checkpoints from before it was saved
+    # early stopping's count: evaluations since best_metric last improved (see core.best)
+    evals_without_improvement: int = 0
 
 
 def save_checkpoint(
@@ -350,6 +356,8 @@ def _write_checkpoint(
     record = {
         "step": state.step,
         "best_metric": state.best_metric,
+        "best_metric_name": state.best_metric_name,
+        "evals_without_improvement": state.evals_without_improvement,
         "optimizer": optimizer_meta,
         "scheduler": state.scheduler,
         "sampler": state.sampler,
@@ -361,6 +369,8 @@ def _write_checkpoint(
     (tmp / TRAINER_JSON).write_text(json.dumps(record, indent=2) + "\n")
     writing.append(RUN_CONFIG)
     (tmp / RUN_CONFIG).write_text(config_yaml)
+    writing.append(TRAINING_JSON)  # provenance for the model card of dualenc export
+    write_training_record(tmp, config_yaml, state.step)
     writing.append("")  # then only links and renames, whose errors name their files
     fsync_tree(tmp)
 
@@ -388,6 +398,8 @@ TRAINER_JSON_KEYS = {
     "miner": dict,
     "cuda_devices": int,
 }
+# keys that checkpoints written before they were saved lack
+OPTIONAL_TRAINER_JSON_KEYS = {"best_metric_name": (str, type(None)), "evals_without_improvement": int}
 
 
 def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> TrainerState:
@@ -398,7 +410,9 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
     record = read_json(json_path)
     if not isinstance(record, dict):
         raise DualencError(f"{json_path}: expected a JSON object, got {type(record).__name__}")
-    for key, kind in TRAINER_JSON_KEYS.items():
+    for key, kind in {**TRAINER_JSON_KEYS, **OPTIONAL_TRAINER_JSON_KEYS}.items():
+        if key not in record and key in OPTIONAL_TRAINER_JSON_KEYS:
+            continue
         if key not in record:
             raise DualencError(f"{json_path}: missing key {key!r}; the checkpoint is damaged")
         if not isinstance(record[key], kind) or isinstance(record[key], bool):
@@ -422,6 +436,8 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
             best_metric=record["best_metric"],
             torch_rng=tensors["rng.torch"],
             cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(record["cuda_devices"])],
+            best_metric_name=record.get("best_metric_name"),
+            evals_without_improvement=record.get("evals_without_improvement", 0),
         )
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise DualencError(
@@ -433,8 +449,12 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
 # --- a run's checkpoints: saving as it goes, resuming ----------------------------------
 
 
-def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
-    """``key: old -> new`` for every value that differs between two resolved configs."""
+def config_changes(old_yaml: str, config: Any) -> list[str]:
+    """``key: old -> new`` for every value that differs between a checkpoint's resolved config
+    and the run's ``config`` (a RunConfig). A key the checkpoint's config lacks (it was written
+    before the key existed) counts as its default: a change only when ``config`` sets another
+    value."""
+    from dualenc.core.configio import fill_defaults, unstructure
 
     def flat(node, prefix=""):
         if isinstance(node, dict):
@@ -444,7 +464,10 @@ def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
             return out
         return {prefix[:-1]: node}
 
-    old, new = flat(yaml.safe_load(old_yaml)), flat(yaml.safe_load(new_yaml))
+    written = yaml.safe_load(old_yaml)
+    filled = fill_defaults(written, config) if isinstance(written, dict) else None
+    old = flat(written if filled is None else filled)  # None: compared as written
+    new = flat(unstructure(config))
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
@@ -483,18 +506,18 @@ class Checkpointer:
     def _loss_module(self) -> torch.nn.Module | None:
         return self.loss_fn if isinstance(self.loss_fn, torch.nn.Module) else None
 
-    def save(
-        self, step: int, best_metric: float | None, *, periodic: bool, is_best: bool, last: bool = True
-    ) -> Path:
+    def save(self, step: int, best: BestMetric, *, periodic: bool, is_best: bool, last: bool = True) -> Path:
         state = TrainerState(
             step=step,
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             sampler=self.sampler.state_dict(),
             miner=self.miner.state_dict(),
-            best_metric=best_metric,
+            best_metric=best.value,
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            best_metric_name=best.name,
+            evals_without_improvement=best.stale,
         )
         return save_checkpoint(
             self.run_dir,
@@ -505,17 +528,18 @@ class Checkpointer:
             state=state,
             config_yaml=self.config_yaml,
             periodic=periodic,
-            best=best_name(self.components.evaluator.primary_metric) if is_best else None,
+            best=best_name(best.name) if is_best else None,
             keep_last=self.config.train.keep_last,
             last=last,
         )
 
-    def resume(self, directory: Path) -> tuple[int, float | None]:
+    def resume(self, directory: Path, best: BestMetric) -> int:
         """Continue from the checkpoint in ``directory``, whose weights the encoder holds.
 
-        With the same config it resumes exactly: optimizer, schedule, batch order, miner, RNG
-        and step go on as if never stopped. With a changed config only the weights carry over.
-        Returns the step and best metric to go on from.
+        With the same config it resumes exactly: optimizer, schedule, batch order, miner, RNG,
+        step, the best metric's value and early stopping's count (into ``best``) go on as if
+        never stopped. With a changed config only the weights carry over. Returns the step to
+        go on from.
         """
         directory = resolve(Path(directory))
         config_path = directory / RUN_CONFIG
@@ -525,7 +549,7 @@ class Checkpointer:
                 "with (restore the file, or resume from another checkpoint of the run)"
             )
         try:
-            changes = config_changes(config_path.read_text(encoding="utf-8"), self.config_yaml)
+            changes = config_changes(config_path.read_text(encoding="utf-8"), self.config)
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             reason = " ".join(str(exc).split())  # yaml's message spans lines
             raise DualencError(
@@ -537,7 +561,7 @@ class Checkpointer:
                 directory,
                 "\n  ".join(changes) or "(none)",
             )
-            return 0, None
+            return 0
         log.info("resuming exactly from %s", directory)
         state = load_trainer_state(directory, self._loss_module)
         try:
@@ -553,14 +577,17 @@ class Checkpointer:
             ) from None
         if state.cuda_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state.cuda_rng)
-        return state.step, state.best_metric
+        if state.best_metric_name in (None, best.name):  # None: saved before the name was
+            best.value, best.stale = state.best_metric, state.evals_without_improvement
+        return state.step
 
 
 # --- encoder identity -----------------------------------------------------------------
 
-# the checkpoint files whose bytes identify an encoder; tokenizer.json only when present
+# the checkpoint files whose bytes identify an encoder; the optional ones only when present
+# (config_sentence_transformers.json holds the built-in encoders' query and code prompts)
 CHECKPOINT_FILES = (ENCODER_CONFIG, ENCODER_WEIGHTS)
-OPTIONAL_CHECKPOINT_FILES = ("tokenizer.json",)
+OPTIONAL_CHECKPOINT_FILES = ("tokenizer.json", "config_sentence_transformers.json")
 
 
 def checkpoint_hash(directory: Path) -> str:

@@ -8,8 +8,10 @@ problems are reported together as ``file:line: key.path: message``.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from cattrs.errors import (
     IterableValidationError,
 )
 
+from dualenc.core.best import best_metric_problem
 from dualenc.core.config import RunConfig
 from dualenc.core.io import close_match, did_you_mean
 from dualenc.errors import ConfigError
@@ -29,6 +32,7 @@ from dualenc.registry.catalog import Catalog
 
 SINGLE_KINDS = ("encoder", "loss", "miner", "evaluator")
 SET_SOURCE = "--set"
+MAPPING_SOURCE = "<mapping>"
 PLUGIN_SOURCE = "--plugin"
 
 
@@ -292,7 +296,7 @@ def _apply_plugins(data: dict, plugins: list[str], problems: Problems) -> None:
     for item in plugins:
         kind, sep, name = item.partition("=")
         kind, name = kind.strip(), name.strip()
-        if not sep or not name:
+        if not sep or not (name or kind == "trackers"):  # trackers= selects none
             problems.note(f"{PLUGIN_SOURCE} {item!r}: expected kind=name")
             continue
         if kind not in choices:
@@ -303,6 +307,51 @@ def _apply_plugins(data: dict, plugins: list[str], problems: Problems) -> None:
             continue
         selection[kind] = [n.strip() for n in name.split(",") if n.strip()] if kind == "trackers" else name
         problems.origins[("plugins", kind)] = f"{PLUGIN_SOURCE} {kind}"
+
+
+# a single key and the key that replaces it: written together, which one applies is unclear
+REPLACED_KEYS = (
+    ("train_file", "train_files", "to keep the file, list it in train_files"),
+    ("val_file", "val_sets", "to keep the file, name it in val_sets"),
+)
+
+
+def _written_at(problems: Problems, path: tuple) -> tuple | None:
+    """The key path at or below ``path`` where the config wrote it: ``path`` itself, or for a
+    section built by ``--set a.b.c=...`` the first such flag's path; None where not written."""
+    if path in problems.origins or path in problems.lines:
+        return path
+    return next((p for p in problems.origins if p[: len(path)] == path), None)
+
+
+def _check_replaced_keys(data: dict, problems: Problems) -> None:
+    """Report each of ``REPLACED_KEYS`` written along with its replacement, naming where each
+    was written. A key written as null counts as not written (so ``--set data.val_file=null``
+    takes back a file's val_file): its default applies; an empty replacement (``train_files:
+    []``, as a resolved config shows it) replaces nothing."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for single, several, hint in REPLACED_KEYS:
+        for key in (single, several):
+            if key in section and section[key] is None:
+                del section[key]
+        if single not in section or not section.get(several):
+            continue
+        at, replacement = _written_at(problems, ("data", single)), _written_at(problems, ("data", several))
+        if at in problems.origins:
+            where = f", {problems.origins[at]}"
+        elif at in problems.lines:
+            where = f", line {problems.lines[at]}"
+            if replacement in problems.origins:  # the file's key, the flag's replacement
+                hint += f"; --set data.{single}=null takes back the file's data.{single}"
+        else:
+            where = ""  # a mapping from Python: no lines
+        problems.add(
+            replacement or ("data", several),
+            f"give data.{single} ({section[single]}{where}) or data.{several}, not both ({hint})",
+        )
+        del section[single]  # reported here; DataConfig's own check would say it again
 
 
 def unknown_key(key, valid: list[str]) -> str:
@@ -333,6 +382,32 @@ def _walk_errors(exc: BaseException, path: tuple, problems: Problems):
         if isinstance(exc, AttributeError):  # cattrs calling .items() on a non-mapping
             message = "expected a mapping of keys to values"
         problems.add(path, message)
+
+
+def _named_attrs(type_: Any) -> bool:
+    """A ``dict[str, C]`` field with C an attrs class: each value is structured as C."""
+    args = typing.get_args(type_)
+    return typing.get_origin(type_) is dict and len(args) == 2 and attrs.has(args[1])
+
+
+def _structure_named(data: Any, cls: type, path: tuple, problems: Problems) -> dict | None:
+    """A mapping of names to ``cls``, each structured with its key path; a scalar value is
+    short for ``{cls.shorthand: value}`` where ``cls`` has one. None when not a mapping."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.add(path, f"expected a mapping of names to values, got {type(data).__name__}")
+        return None
+    shorthand = getattr(cls, "shorthand", None)
+    named = {}
+    for key, value in data.items():
+        sub = path + (str(key),)
+        if shorthand and value is not None and not isinstance(value, (dict, list)):
+            value = {shorthand: problems.texts.get(sub, value)}
+        item = structure(value, cls, sub, problems)
+        if item is not None:
+            named[str(key)] = item
+    return named
 
 
 def _takes_text(type_: Any) -> bool:
@@ -383,6 +458,8 @@ def structure(data: Any, cls: type, path: tuple, problems: Problems) -> Any:
         raw = _as_written(data[name], field.type, sub, problems.texts)
         if attrs.has(field.type):
             value = structure(raw, field.type, sub, problems)
+        elif _named_attrs(field.type):
+            value = _structure_named(raw, typing.get_args(field.type)[1], sub, problems)
         else:
             try:
                 value = CONVERTER.structure(raw, field.type)
@@ -438,27 +515,35 @@ def _structure_options(component, block: Any, path: tuple, problems: Problems) -
 
 
 def load_config(
-    path: str | Path | None = None,
+    path: str | Path | Mapping | None = None,
     *,
     plugins: list[str] = (),
     sets: list[str] = (),
     catalog: Catalog | None = None,
-    data: dict | None = None,
+    data: Mapping | None = None,
 ) -> RunConfig:
-    """Load, override and validate a config; raise ConfigError listing every problem."""
+    """Load, override and validate a config; raise ConfigError listing every problem.
+
+    ``path``: a YAML file, or a mapping of the same keys (as is ``data``); problems in a
+    mapping are reported as ``<mapping>: key.path: message``."""
     from dualenc.registry.catalog import load_catalog
 
-    source = str(path) if path is not None else "<config>"
-    parsed = read_yaml(path) if path is not None else Parsed(data)
+    if isinstance(path, Mapping):
+        path, data = None, path
+    source = str(path) if path is not None else MAPPING_SOURCE
+    parsed = read_yaml(path) if path is not None else Parsed(plain_data(data))
     data = _translate_seed(dict(parsed.data or {}), parsed.lines, parsed.texts)
     problems = Problems(source, parsed.lines, {}, texts=parsed.texts)
     for key_path, line, first in parsed.duplicates:
         problems.add(key_path, f"duplicate key (first at line {first})", line=line)
     _apply_sets(data, list(sets), problems)
     _apply_plugins(data, list(plugins), problems)
+    _check_replaced_keys(data, problems)
     config = structure(data, RunConfig, (), problems) or RunConfig()
     # resolve components even after problems above, so that all are reported at once
     config = _resolve_components(config, catalog or load_catalog(), problems)
+    if (problem := best_metric_problem(config)) is not None:
+        problems.add(("train", "best_metric"), problem)
     for key_path, reason in problems.unparsed.items():  # values no field took as text
         problems.add(key_path, f"not valid YAML ({reason})")
     if problems.items:
@@ -466,12 +551,27 @@ def load_config(
     return config
 
 
+def plain_data(value: Any) -> Any:
+    """A mapping from Python as YAML would give it: a copy (overrides edit it in place) of
+    plain dicts and lists, with paths as strings."""
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
 def check_input_files(config: RunConfig) -> None:
     """Raise ConfigError naming each data file a run reads that is missing or not a file,
     so that a wrong path is found before a model is loaded or a file tokenized."""
+    from dualenc.core.data.evalsets import val_set_files
+
     problems = []
-    for key in ("train_file", "val_file"):
-        name = getattr(config.data, key)
+    files = [(f"train_files.{i}.path", file.path) for i, file in enumerate(config.data.train_files)]
+    files = files or [("train_file", config.data.train_file)]
+    for key, name in [*files, *val_set_files(config.data)]:
         path = Path(name)
         if not path.exists():
             problems.append(f"data.{key}: {name}: file not found")
@@ -482,8 +582,44 @@ def check_input_files(config: RunConfig) -> None:
 
 
 def unstructure(config: RunConfig) -> dict:
-    """The fully resolved config as plain data; ``load_config(data=...)`` gives it back."""
-    return CONVERTER.unstructure(config)
+    """The fully resolved config as plain data; ``load_config(data=...)`` gives it back.
+
+    Without ``data.train_file`` when ``data.train_files`` replaces it (and ``val_file`` when
+    ``val_sets`` does): it does not apply, and written back beside its replacement it would be
+    an error."""
+    data = CONVERTER.unstructure(config)
+    for single, several, _ in REPLACED_KEYS:
+        if data["data"][several]:
+            del data["data"][single]
+    return data
+
+
+def fill_defaults(data: Any, like: RunConfig) -> dict | None:
+    """``data``, a resolved config as plain data (a checkpoint's config.yaml, perhaps written
+    by an older dualenc), with every key the current classes have and it lacks at its default.
+
+    A component block is structured into the options class of ``like``'s block when both
+    select the same plugin (the catalog is not needed); one of another plugin stays as written.
+    None when ``data`` does not structure: a removed key, a value no longer valid.
+    """
+    problems = Problems("<checkpoint>", {}, {})
+    config = structure(data, RunConfig, (), problems)
+    if config is None or problems.items:
+        return None
+    changes: dict[str, Any] = {}
+    for kind in SINGLE_KINDS:
+        options = getattr(like, kind)
+        if getattr(config.plugins, kind) == getattr(like.plugins, kind) and attrs.has(type(options)):
+            changes[kind] = structure(getattr(config, kind), type(options), (kind,), problems)
+    trackers = dict(config.trackers)
+    for name, block in trackers.items():
+        options = like.trackers.get(name)
+        if attrs.has(type(options)):
+            trackers[name] = structure(block, type(options), ("trackers", name), problems)
+    if problems.items:
+        return None
+    with attrs.validators.disabled():  # structure() has checked every field
+        return unstructure(attrs.evolve(config, **changes, trackers=trackers))
 
 
 def dump_yaml(config: RunConfig) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,19 +49,25 @@ def encoder_device(encoder) -> torch.device:
 
 
 def encode_token_ids(
-    encoder, token_ids: Sequence[np.ndarray], side: str, batch_size: int = 128
+    encoder,
+    token_ids: Sequence[np.ndarray],
+    side: str,
+    batch_size: int = 128,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """[N, dim] float32 unit vectors for already-tokenized texts, in input order.
 
     Under torchrun every rank encodes a 1/world share and all receive the whole result,
     so evaluation and mining cost 1/world each; every rank must call this together.
+    ``progress(n)`` is called after each batch with the number of texts it encoded (this
+    rank's).
     """
     world = distributed.world_size()
     if world == 1:
-        return _encode_local(encoder, token_ids, side, batch_size)
+        return _encode_local(encoder, token_ids, side, batch_size, progress)
     shares = [np.arange(len(token_ids))[r::world] for r in range(world)]
     mine = shares[distributed.rank()]
-    local = _encode_local(encoder, [token_ids[i] for i in mine], side, batch_size)
+    local = _encode_local(encoder, [token_ids[i] for i in mine], side, batch_size, progress)
     gathered = distributed.gather_rows(local, encoder_device(encoder))
     out = np.empty_like(gathered)
     out[np.concatenate(shares)] = gathered
@@ -69,7 +75,9 @@ def encode_token_ids(
 
 
 @torch.no_grad()
-def _encode_local(encoder, token_ids: Sequence[np.ndarray], side: str, batch_size: int) -> np.ndarray:
+def _encode_local(
+    encoder, token_ids: Sequence[np.ndarray], side: str, batch_size: int, progress=None
+) -> np.ndarray:
     out = np.empty((len(token_ids), encoder.dim), dtype=np.float32)
     if not len(token_ids):
         return out
@@ -82,6 +90,8 @@ def _encode_local(encoder, token_ids: Sequence[np.ndarray], side: str, batch_siz
             input_ids, mask = pad_batch([token_ids[i] for i in index], encoder.pad_id)
             vectors = encoder(input_ids.to(device), mask.to(device), side)
             out[index] = vectors.float().cpu().numpy()
+            if progress is not None:
+                progress(len(index))
     finally:
         encoder.train(was_training)
     return out

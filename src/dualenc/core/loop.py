@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import attrs
 import torch
 
 from dualenc.core import checkpoint, distributed
+from dualenc.core.best import BestMetric
 from dualenc.core.build import build
 from dualenc.core.config import RunConfig
 from dualenc.core.configio import check_input_files, dump_yaml, unstructure
-from dualenc.core.data.evalsets import load_eval_set
+from dualenc.core.data.evalsets import load_val_sets
 from dualenc.core.data.pairset import load_pair_set
 from dualenc.core.data.records import read_training_texts
 from dualenc.core.data.sampler import BucketBatchSampler
@@ -35,6 +37,7 @@ from dualenc.core.optim import make_optimizer, make_scheduler
 from dualenc.core.step import TrainStep
 from dualenc.errors import DualencError
 from dualenc.registry.catalog import Catalog, load_catalog
+from dualenc.registry.kinds import EvalSet
 
 log = logging.getLogger("dualenc.train")
 
@@ -45,30 +48,43 @@ class TrainingDiverged(DualencError):
 
 @attrs.frozen
 class TrainResult:
+    """What ``dualenc.train`` returns: where the run ended and what it left in ``run_dir``."""
+
     step: int
-    status: str  # "finished" | "interrupted" | "stopped"
+    status: str  # "finished" | "interrupted" | "stopped" | "early_stopped"
     best_metric: float | None
+    best_metric_name: str  # the metric that picks the best checkpoint: "val/mrr"
+    best_checkpoint: Path | None  # None when no evaluation ran
     last_checkpoint: Path
+    run_dir: Path
 
 
 # --- small helpers, each used once below ----------------------------------------------
 
 
 class StopRequested:
-    """SIGINT/SIGTERM set a flag; the loop saves a resumable checkpoint and exits cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop saves a resumable checkpoint and exits cleanly.
+
+    Python lets only the main thread install handlers: run from another thread (a notebook
+    kernel's, a web server's) training installs none and a signal acts as it would anyway.
+    The previous handlers come back on every exit, an exception's included."""
 
     def __init__(self):
         self.signal_name: str | None = None
+        self._previous: dict = {}
 
     def __enter__(self):
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
+        while self._previous:
+            sig, handler = self._previous.popitem()
             signal.signal(sig, handler)
 
 
@@ -175,12 +191,24 @@ def train_metrics(window: LogWindow, scheduler, sampler, loss_fn) -> dict[str, f
     return metrics
 
 
-def evaluate(evaluator, encoder, val_set, trackers: Trackers, step: int) -> float:
-    """Evaluate (every rank encodes a share), log, and return the primary metric."""
-    metrics = evaluator.evaluate(encoder, val_set, prefix="val")
+def evaluate(evaluator, encoder, val_sets: dict[str, EvalSet], trackers: Trackers, step: int) -> dict:
+    """Evaluate each set under its prefix (every rank encodes a share), log them in one row,
+    and return the metrics."""
+    metrics = {}
+    for prefix, val_set in val_sets.items():
+        metrics.update(evaluator.evaluate(encoder, val_set, prefix=prefix))
     trackers.log(metrics, step)
     encoder.train()
-    return metrics[f"val/{evaluator.primary_metric}"]
+    return metrics
+
+
+def stop_status(signal_name: str | None, best: BestMetric, last: Path) -> tuple[str, str]:
+    """The status of a run that stops before max_steps, and why, for the log."""
+    if signal_name:
+        return "interrupted", f"{signal_name}; resume with --resume-from {last}"
+    if best.patience_spent:
+        return "early_stopped", f"early stopping: {best.name} did not improve in {best.stale} evaluations"
+    return "stopped", f"stop_after; resume with --resume-from {last}"
 
 
 def refuse_existing_run(run_dir: Path, resume_from: Path | None) -> None:
@@ -244,7 +272,7 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     parts = build(config, catalog, checkpoint_dir=resume_from)
     encoder, loss_fn, miner, evaluator = parts.encoder, parts.loss, parts.miner, parts.evaluator
     if resume_from is None:
-        encoder.prepare(read_training_texts(config.data.train_file, config.data))
+        encoder.prepare(read_training_texts(config.data.training_files(), config.data))
     encoder.to(device)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn.to(device)
@@ -252,8 +280,8 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     log.info("encoder %s: %.1fM parameters, dim %d", config.plugins.encoder, n_params / 1e6, encoder.dim)
 
     # 2. data: token ids cached on disk; batches length-bucketed and deduplicated
-    pairs = load_pair_set(config.data.train_file, config.data, encoder)
-    val_set = load_eval_set(config.data.val_file, config.data)
+    pairs = load_pair_set(config.data.training_files(), config.data, encoder)
+    val_sets = load_val_sets(config.data)  # by metric prefix: "val", or "val/<name>" each
     sampler = BucketBatchSampler(
         pairs,
         batch_size=tc.batch_size,
@@ -268,7 +296,8 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     scheduler = make_scheduler(optimizer, tc)
     train_step = TrainStep(encoder, loss_fn, optimizer, scheduler, pairs, device, precision, tc, gather)
     saver = checkpoint.Checkpointer(config, config_yaml, parts, optimizer, scheduler, sampler)
-    step, best = saver.resume(resume_from) if resume_from is not None else (0, None)
+    best = BestMetric.from_config(tc, default_name=f"{next(iter(val_sets))}/{evaluator.primary_metric}")
+    step = saver.resume(resume_from, best) if resume_from is not None else 0
     if main:
         checkpoint.remove_leftovers(run_dir)
 
@@ -280,19 +309,20 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
         trackers.rewind(step + 1)  # an exact resume: later rows came from the run it replaces
     if main:
         log.info(describe(config, world, gather, miner.num_negatives, precision, device))
-    window, batches, status = LogWindow(), iter(sampler), "finished"
+    window, batches = LogWindow(), iter(sampler)
+    status = "early_stopped" if best.patience_spent else "finished"  # resuming one: no steps
     refresh = window.untimed(NegativeRefresh(miner, pairs, run_dir, trackers))
-    score = window.untimed(functools.partial(evaluate, evaluator, encoder, val_set, trackers))
+    score = window.untimed(functools.partial(evaluate, evaluator, encoder, val_sets, trackers))
     save = window.untimed(saver.save)
     with trackers, StopRequested() as stop:
         if step == 0 and tc.eval_at_start:
-            best = score(step)  # nothing to beat yet: an exact resume starts after step 0
+            best.update(score(step))  # nothing to beat yet: an exact resume starts after step 0
             if main:  # the start may stay the best: a later eval that scores lower saves no best
                 save(step, best, periodic=False, is_best=True, last=False)
         if step == 0 and miner.due(step):
             refresh(encoder, step)
         encoder.train()
-        while step < tc.max_steps:
+        while step < tc.max_steps and not best.patience_spent:
             pair_ids = next(batches)
             loss = train_step.backward(pair_ids, miner.negatives(pair_ids))
             if not math.isfinite(loss):
@@ -309,21 +339,27 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
                 trackers.log(train_metrics(window, scheduler, sampler, loss_fn), step)
             is_best = False
             if step % tc.eval_interval == 0 or step == tc.max_steps:
-                value = score(step)
-                is_best = best is None or value > best
-                best = value if is_best else best
+                is_best = best.update(score(step))
             # before the save, so that a resume from it neither repeats the round nor its log rows
             if step < tc.max_steps and miner.due(step):
                 refresh(encoder, step)
-            stopping = distributed.any_rank(stop.signal_name is not None, device) or step == stop_after
+            stopping = distributed.any_rank(stop.signal_name is not None or best.patience_spent, device)
+            stopping = stopping or step == stop_after
             periodic = step % tc.save_interval == 0
             if main and (is_best or stopping or periodic or step == tc.max_steps):
                 save(step, best, periodic=periodic, is_best=is_best)
             if stopping:
-                status = "interrupted" if stop.signal_name else "stopped"
-                how = stop.signal_name or "stop_after"
-                log.info("stopped at step %d (%s); resume with --resume-from %s", step, how, last)
+                status, why = stop_status(stop.signal_name, best, last)
+                log.info("stopped at step %d (%s)", step, why)
                 break
     trackers.finish(status)
     distributed.barrier()
-    return TrainResult(step=step, status=status, best_metric=best, last_checkpoint=last)
+    return TrainResult(
+        step=step,
+        status=status,
+        best_metric=best.value,
+        best_metric_name=best.name,
+        best_checkpoint=run_dir / checkpoint.best_name(best.name) if best.value is not None else None,
+        last_checkpoint=last,
+        run_dir=run_dir,
+    )

@@ -9,6 +9,8 @@ selecting one of its components fails.
 from __future__ import annotations
 
 import importlib.metadata as md
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -88,12 +90,31 @@ def _supports_api(plugin: Any) -> str | None:
     return f"incompatible: wants dualenc plugin API {spec}; this dualenc provides {hookspecs.API_VERSION}"
 
 
-def _load_plugins(group: str):
-    """A plugin manager holding every usable entry point of ``group``, and the problems."""
+# the distribution and version shown for a plugin object passed to load_catalog
+IN_PROCESS = ("<python>", "in-process")
+
+
+def _load_plugins(group: str, objects: Sequence[Any] = ()):
+    """A plugin manager holding every usable entry point of ``group`` and every plugin object
+    in ``objects``, and the problems."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     problems: list[PluginProblem] = []
     provenance: dict[str, tuple[str, str]] = {}
+
+    def add(label: str, name: str, dist_name: str, dist_version: str, load: Callable[[], Any]) -> None:
+        try:
+            plugin = load()
+            refusal = _supports_api(plugin)
+            if refusal is None and not manager.is_registered(plugin):
+                manager.register(plugin, name=label)
+        except Exception as exc:  # noqa: BLE001 - an import failure is reported, not raised
+            refusal = _last_line(exc)
+        if refusal is not None:
+            problems.append(PluginProblem(name, dist_name, dist_version, refusal))
+            return
+        provenance[label] = (dist_name, dist_version)
+
     for entry_point in sorted(md.entry_points(group=group), key=lambda ep: ep.name):
         dist = entry_point.dist
         dist_name = dist.name if dist else "unknown"
@@ -101,24 +122,41 @@ def _load_plugins(group: str):
         label = f"{dist_name}:{entry_point.name}"
         if manager.has_plugin(label):
             continue  # the same distribution seen twice on sys.path
-        try:
-            plugin = entry_point.load()
-            refusal = _supports_api(plugin)
-            if refusal is None:
-                manager.register(plugin, name=label)
-        except Exception as exc:  # noqa: BLE001 - an import failure is reported, not raised
-            refusal = _last_line(exc)
-        if refusal is not None:
-            problems.append(PluginProblem(entry_point.name, dist_name, dist_version, refusal))
-            continue
-        provenance[label] = (dist_name, dist_version)
+        add(label, entry_point.name, dist_name, dist_version, entry_point.load)
+    for plugin in objects:
+        _check_object(plugin)
+        name = _object_name(plugin)
+        add(f"{IN_PROCESS[0]}:{name}", name, *IN_PROCESS, lambda plugin=plugin: plugin)
     return manager, provenance, problems
 
 
-def load_catalog(group: str = GROUP, cli: click.Group | None = None) -> Catalog:
+def _object_name(plugin: Any) -> str:
+    """``module.qualname`` of a module, class or function; an instance is named by its class."""
+    named = plugin if hasattr(plugin, "__qualname__") or isinstance(plugin, ModuleType) else type(plugin)
+    if isinstance(named, ModuleType):
+        return named.__name__
+    return f"{named.__module__}.{named.__qualname__}"
+
+
+def _check_object(plugin: Any) -> None:
+    """A plugin object must implement some hook: anything else was passed by mistake, which
+    is raised at once (a broken installed plugin is only recorded)."""
+    if not any(hasattr(getattr(plugin, name, None), f"{GROUP}_impl") for name in dir(plugin)):
+        raise DualencError(
+            f"{_object_name(plugin)} is not a dualenc plugin: it has no @dualenc.hookimpl functions"
+        )
+
+
+def load_catalog(
+    group: str = GROUP, cli: click.Group | None = None, *, plugins: Sequence[Any] = ()
+) -> Catalog:
     """Discover every entry point in ``group`` and collect the components each registers;
-    given the root command group ``cli``, also let every plugin add its commands to it."""
-    manager, provenance, problems = _load_plugins(group)
+    given the root command group ``cli``, also let every plugin add its commands to it.
+
+    ``plugins``: plugin objects (modules, classes or instances with ``@dualenc.hookimpl``
+    functions) to use besides the installed ones, such as one defined in a notebook; their
+    components show the distribution ``<python>``."""
+    manager, provenance, problems = _load_plugins(group, plugins)
     components: list[Component] = []
     for kind, (hook_name, _) in KINDS.items():
         for impl in getattr(manager.hook, hook_name).get_hookimpls():

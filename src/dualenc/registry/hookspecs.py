@@ -53,7 +53,7 @@ def register_encoders(register):
     """Register encoders: models that turn token ids into L2-normalised vectors.
 
     Call ``register("name", factory, options=OptionsClass, description="...")`` once per
-    encoder. ``factory(options)`` returns an object following ``kinds.Encoder``.
+    encoder. ``factory(options)`` returns an object following ``kinds.EncoderModel``.
     """
 
 

@@ -40,7 +40,7 @@ class Component:
 
 
 @runtime_checkable
-class Encoder(Protocol):
+class EncoderModel(Protocol):
     """Maps token ids to L2-normalised vectors; a ``torch.nn.Module``.
 
     ``side`` is ``"query"`` or ``"code"``: encoders with one shared tower ignore it.
@@ -83,10 +83,11 @@ class ContrastiveBatch:
     """Everything a contrastive loss needs for one step.
 
     ``candidates`` holds the positives' code embeddings first (row ``positive[i]`` belongs
-    to query i), then any mined negatives. Every candidate is the code of some training
-    pair; its keys identify that pair's normalised code and query, so a loss can mask false
-    negatives: a candidate whose code key equals query i's positive code key (a clone), or
-    whose query key equals query i's (another positive of the same query).
+    to query i), then any mined negatives, then any provided ones (the training rows' ``neg``).
+    A candidate is the code of a training pair, its keys that pair's normalised code and
+    query, or a provided code that is no pair's (its query key then matches no query), so a
+    loss can mask false negatives: a candidate whose code key equals query i's positive code
+    key (a clone), or whose query key equals query i's (another positive of the same query).
     """
 
     query: torch.Tensor  # [B, D]
@@ -127,7 +128,7 @@ class Miner(Protocol):
     def due(self, step: int) -> bool:
         """True when ``mine`` must run before training step ``step``."""
 
-    def mine(self, encoder: Encoder, corpus: Any, step: int, run_dir: Path) -> dict[str, float]:
+    def mine(self, encoder: EncoderModel, corpus: Any, step: int, run_dir: Path) -> dict[str, float]:
         """Recompute negatives for every pair of ``corpus`` (a ``dualenc.PairSet``).
 
         Returns metrics to log (``mining/seconds``, ...).
@@ -160,7 +161,7 @@ class Evaluator(Protocol):
 
     primary_metric: str  # the key (without prefix) the best checkpoint is chosen by: "mrr"
 
-    def evaluate(self, encoder: Encoder, eval_set: EvalSet, prefix: str = "val") -> dict[str, float]:
+    def evaluate(self, encoder: EncoderModel, eval_set: EvalSet, prefix: str = "val") -> dict[str, float]:
         """Metrics named ``f"{prefix}/{metric}"``, e.g. ``val/mrr``, ``val/ndcg@10``."""
 
 
@@ -176,13 +177,13 @@ class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
     def finish(self, status: str) -> None:
-        """``status``: ``"finished"``, ``"stopped"`` (--stop-after), ``"interrupted"`` (a
-        signal) or ``"failed"``."""
+        """``status``: ``"finished"``, ``"stopped"`` (--stop-after), ``"early_stopped"``
+        (``train.early_stopping_patience``), ``"interrupted"`` (a signal) or ``"failed"``."""
 
 
 # kind -> (hook name, protocol)
 KINDS: dict[str, tuple[str, type]] = {
-    "encoder": ("register_encoders", Encoder),
+    "encoder": ("register_encoders", EncoderModel),
     "loss": ("register_losses", Loss),
     "miner": ("register_miners", Miner),
     "evaluator": ("register_evaluators", Evaluator),

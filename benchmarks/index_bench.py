@@ -15,7 +15,10 @@ throughput there counts no encoding. Queries are always real: held-out stdlib do
 summaries encoded by the model.
 
 Latency: one query at a time, k=10: ``Retriever.search`` (encode + search + metadata),
-``Retriever.search_vectors`` (search + metadata), and the bare FAISS search. Recall@10:
+``Retriever.search_vectors`` (search + metadata), and the bare FAISS search; and the same
+two for hybrid search (``mode="hybrid"``: dense and BM25 candidates fused, the index's
+lexical part), with lexical search alone. The synthetic codes' texts are the real codes
+they copy (each with a comment naming the copy), so BM25 meets real code's words. Recall@10:
 the approximate index against exact inner-product search over the same vectors, by result
 ids, with real queries. The held-out docstring summaries are split in two: every other one
 is given to ``build_index`` as ``tune_queries`` (``dualenc index build --tune-queries``) for
@@ -23,7 +26,8 @@ the IVF variants tuned on queries, and recall is measured on the other half only
 has dualenc's default index (exact up to 50k vectors, IVF tuned on code vectors above), IVF
 tuned on queries, and the other kind for comparison.
 
-    python -m benchmarks.index_bench [--real 10000] [--synthetic 100000] [--queries 200] [--smoke]
+    python -m benchmarks.index_bench [--real 10000] [--synthetic 100000] [--queries 200]
+        [--variants "100000 synthetic, default"] [--smoke]
 """
 
 from __future__ import annotations
@@ -107,15 +111,16 @@ def stored_vectors(index_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids), np.concatenate(vectors)
 
 
-def synthetic_vectors(real: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """``real`` followed by noisy, renormalised copies of random real rows, ``count`` rows in all."""
+def synthetic_vectors(real: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``real`` followed by noisy, renormalised copies of random real rows, ``count`` rows in
+    all; and the real row each row copies."""
     rng = np.random.default_rng(seed)
     sources = rng.integers(0, len(real), size=count - len(real))
     copies = real[sources] + rng.normal(0.0, SYNTHETIC_NOISE, size=(len(sources), real.shape[1])).astype(
         np.float32
     )
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
-    return np.concatenate([real, copies]).astype(np.float32)
+    return np.concatenate([real, copies]).astype(np.float32), np.concatenate([np.arange(len(real)), sources])
 
 
 def latencies_ms(function, items) -> dict:
@@ -162,6 +167,23 @@ def measure(
         encode_search = latencies_ms(lambda q: retriever.search([q], k=K), texts[:timed])
         search_only = latencies_ms(lambda v: retriever.search_vectors(v[None, :], k=K), query_vectors[:timed])
         faiss_only = latencies_ms(lambda v: retriever.index.search(v[None, :], K), query_vectors[:timed])
+        hybrid = {}
+        if retriever.lexical is not None:
+            retriever.search(texts[:2], k=K, mode="hybrid")
+            hybrid = {
+                "hybrid_encode_search": latencies_ms(
+                    lambda q: retriever.search([q], k=K, mode="hybrid"), texts[:timed]
+                ),
+                "hybrid_search": latencies_ms(
+                    lambda i: retriever.search_vectors(
+                        query_vectors[i][None, :], k=K, queries=[texts[i]], mode="hybrid"
+                    ),
+                    range(min(timed, len(texts))),
+                ),
+                "lexical_search": latencies_ms(
+                    lambda q: retriever.search([q], k=K, mode="lexical"), texts[:timed]
+                ),
+            }
         manifest = retriever.manifest
         ids, vectors = stored_vectors(index_dir)
         recall = recall_at_k(retriever.index, vectors, ids, query_vectors)
@@ -174,7 +196,14 @@ def measure(
         "encode_seconds": report.encode_seconds,
         "build_codes_per_sec": report.count / report.seconds,
         "vectors_given": vectors_given,
-        "latency_ms": {"encode_search": encode_search, "search": search_only, "faiss_only": faiss_only},
+        "latency_ms": {
+            "encode_search": encode_search,
+            "search": search_only,
+            "faiss_only": faiss_only,
+            **hybrid,
+        },
+        "fusion": manifest.get("fusion", {}).get("method"),
+        "lexical": manifest.get("lexical"),
         "recall_at_10": recall,
         "recall_queries": len(texts),
         "manifest_recall": manifest["recall"],
@@ -216,6 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--real", type=int, default=10_000, help="codes encoded for real")
     parser.add_argument("--synthetic", type=int, default=100_000, help="the larger scale (synthetic vectors)")
     parser.add_argument("--queries", type=int, default=200, help="queries timed one at a time")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="only the variants whose name contains one of these ';'-separated strings "
+        "(e.g. '100000 synthetic, default'); the real build always runs, the others need its vectors",
+    )
     args = parse_arguments(parser, argv, real=200, synthetic=2_000, queries=20)
     from dualenc.core.encode import encode_texts
     from dualenc.core.index.build import build_index
@@ -251,8 +286,13 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     _, real_vectors = stored_vectors(real_dir)  # in corpus order: ids follow it in a fresh build
     codes = [p["code"] for p in pairs]
-    synthetic = synthetic_vectors(real_vectors, args.synthetic)
-    synthetic_texts = [f"synthetic vector {i}" for i in range(args.synthetic)]
+    synthetic, sources = synthetic_vectors(real_vectors, args.synthetic)
+    # each copy's text is the code it copies, made distinct: BM25 meets real code's words
+    synthetic_texts = [
+        codes[source] if i < len(codes) else f"{codes[source]}\n# synthetic copy {i}"
+        for i, source in enumerate(sources.tolist())
+    ]
+    wanted = [part.strip() for part in args.variants.split(";")] if args.variants else None
     default_threshold = IndexOptions().exact_threshold
     # the other kind of index at each scale, and the large scale, from precomputed vectors
     on_queries = (tune_file, tuning)
@@ -269,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         (f"{args.synthetic} synthetic, exact", synthetic_texts, synthetic, args.synthetic, None),
     ):
+        if wanted is not None and not any(part in variant for part in wanted):
+            continue
         name = variant.replace(" ", "-").replace(",", "")
         index_dir, report = build_from_vectors(name, texts, vectors, exact_threshold, checkpoint, tune)
         results.append(measure(variant, index_dir, report, encoder, checkpoint, queries, args.queries, True))
@@ -283,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
             "encode+search p50/p99 ms",
             "search p50/p99 ms",
             "faiss p50 ms",
+            "hybrid encode+search p50/p99 ms",
+            "hybrid search p50/p99 ms",
+            "lexical p50/p99 ms",
             "recall@10 real queries",
             "recall@10 at build",
             "tuned on",
@@ -295,6 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "{p50:.2f} / {p99:.2f}".format(**r["latency_ms"]["encode_search"]),
                 "{p50:.3f} / {p99:.3f}".format(**r["latency_ms"]["search"]),
                 r["latency_ms"]["faiss_only"]["p50"],
+                *(
+                    "{p50:.2f} / {p99:.2f}".format(**r["latency_ms"][key]) if key in r["latency_ms"] else "-"
+                    for key in ("hybrid_encode_search", "hybrid_search", "lexical_search")
+                ),
                 r["recall_at_10"],
                 r["manifest_recall"]["value"],
                 r["manifest_recall"].get("tuned_on", "-"),
@@ -308,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
         "copies (cosine ~0.8 to a real vector); queries are real. 'vectors given': build time without "
         "encoding. recall@10: the index against exact search over the same vectors, with real held-out "
         "queries (the half not used for tuning); 'at build': what build_index measured when it tuned nprobe, "
-        "on corpus code vectors or on the other half of the queries ('tuned on')."
+        "on corpus code vectors or on the other half of the queries ('tuned on'). hybrid: dense and BM25 "
+        "top-100 candidates fused (the index's fusion); 'search' columns take the query vector as given."
     )
     payload = {
         "settings": {

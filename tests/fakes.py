@@ -202,3 +202,21 @@ def write_distribution(root: Path, dist: str, version: str, modules: dict[str, s
     lines = "\n".join(f"{name} = {name}" for name in modules)
     (info / "entry_points.txt").write_text(f"[dualenc]\n{lines}\n")
     return root
+
+
+def build_index(corpus, output_dir, checkpoint, encoder, *, update=False, overwrite=False, **options):
+    """``dualenc index build`` of ``corpus`` with ``encoder``, no progress bar; ``options`` are
+    IndexOptions fields."""
+    from dualenc.core.index.build import build_index as build
+    from dualenc.core.index.options import IndexOptions
+
+    return build(
+        corpus,
+        output_dir,
+        checkpoint,
+        encoder=encoder,
+        update=update,
+        overwrite=overwrite,
+        options=IndexOptions(**options),
+        progress=False,
+    )

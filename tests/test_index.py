@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fakes import TinyEncoder, write_jsonl
+from fakes import build_index as build
 
 from dualenc import Retriever
 from dualenc.commands.index import index as index_group
@@ -20,12 +21,11 @@ from dualenc.commands.search import search as search_command
 from dualenc.core.checkpoint import checkpoint_hash, save_encoder
 from dualenc.core.config import RetrievalConfig, RunConfig
 from dualenc.core.encode import encode_texts
-from dualenc.core.index.build import build_index
 from dualenc.core.index.corpus import read_queries
-from dualenc.core.index.options import IndexOptions
 from dualenc.errors import ConfigError, DualencError
 
 WORDS = [f"w{i}" for i in range(400)]
+INDEX_FILES = {"index.faiss", "meta.sqlite", "manifest.json", "lexical.npz", "lexical_vocab.json"}
 
 
 def make_records(count: int, seed: int = 0) -> list[dict]:
@@ -53,25 +53,12 @@ def checkpoint(tmp_path, encoder) -> Path:
     return directory
 
 
-def build(corpus, output_dir, checkpoint, encoder, *, update=False, overwrite=False, **options):
-    return build_index(
-        corpus,
-        output_dir,
-        checkpoint,
-        encoder=encoder,
-        update=update,
-        overwrite=overwrite,
-        options=IndexOptions(**options),
-        progress=False,
-    )
-
-
 def test_exact_index_files_manifest_and_search(tmp_path, encoder, checkpoint):
     records = make_records(60)
     out = tmp_path / "kb"
     report = build(write_jsonl(tmp_path / "corpus.jsonl", records), out, checkpoint, encoder)
 
-    assert {p.name for p in out.iterdir()} == {"index.faiss", "meta.sqlite", "manifest.json"}
+    assert {p.name for p in out.iterdir()} == INDEX_FILES
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == report.count == report.encoded == 60
     assert manifest["index"]["type"] == "flat"
@@ -258,7 +245,7 @@ def test_failed_update_leaves_the_index_as_it_was(tmp_path, encoder, checkpoint,
         build(corpus, out, checkpoint, encoder, update=True)
     monkeypatch.undo()
 
-    assert {p.name for p in out.iterdir()} == {"index.faiss", "meta.sqlite", "manifest.json"}
+    assert {p.name for p in out.iterdir()} == INDEX_FILES
     with Retriever.load(out, encoder=encoder) as retriever:
         assert len(retriever.search(["w1"], k=50)[0]) == 20
 

@@ -324,15 +324,19 @@ def test_ivf_parameters_grow_with_the_corpus():
 
 
 def test_code_words_split_identifiers():
+    # the tokenizer of an index's lexical part too (dualenc.code_words)
     assert code_words("getFileName(HTTPServer, snake_case2)") == [
         "get",
         "file",
         "name",
+        "getfilename",
         "http",
         "server",
+        "httpserver",
         "snake",
         "case",
         "2",
+        "snake_case2",
     ]
 
 

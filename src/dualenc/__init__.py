@@ -11,8 +11,10 @@ Everything a user or a plugin author imports is a name of this package; what liv
   ``encode_token_ids`` for encoding many texts the way evaluation and mining do, the dedup
   keys ``query_key`` and ``normalised_code_key``, ``read_codes`` (a JSONL file's codes),
   ``load_weights`` (an encoder's safetensors weights, with a short error when they do not
-  fit), ``atomic_write_text`` / ``atomic_write_json`` and ``progress_enabled`` (False while
-  ``train(..., progress=False)`` runs: leave progress bars out).
+  fit), ``atomic_write_text`` / ``atomic_write_json``, ``progress_enabled`` (False while
+  ``train(..., progress=False)`` runs: leave progress bars out), ``code_words`` (the
+  identifier-aware tokenizer), ``LexicalIndex`` (BM25 as a sparse matrix) and ``Fusion``
+  (hybrid search's fusion of dense and lexical scores).
   ``load_catalog()`` finds every installed component (a plugin's tests use it).
   ``dualenc.dropout`` holds the CPU dropout the built-in encoders use.
 - Users: ``train`` (a run from a config path, mapping or ``RunConfig``; returns a
@@ -70,6 +72,9 @@ _PUBLIC = {
     "Encoder": "dualenc.encoder",
     "Retriever": "dualenc.retriever",
     "Hit": "dualenc.retriever",
+    "code_words": "dualenc.core.lexical",
+    "LexicalIndex": "dualenc.core.lexical",
+    "Fusion": "dualenc.core.fusion",
 }
 
 

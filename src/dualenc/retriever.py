@@ -1,6 +1,11 @@
 """``Retriever``: searches an index directory (``dualenc index build``) with the encoder it
 was built with, or codes indexed in memory (``Retriever.from_encoder``); ``Hit``: one result.
-``from dualenc import Retriever``."""
+``from dualenc import Retriever``.
+
+Three modes: ``dense`` (the encoder's vectors, FAISS), ``lexical`` (BM25 over code words,
+``dualenc.core.lexical``) and ``hybrid`` (both, fused as ``dualenc.core.fusion`` describes);
+hybrid is the default wherever there is a lexical part.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,17 @@ from dualenc.core.checkpoint import checkpoint_hash, load_encoder, resolve
 from dualenc.core.config import RetrievalConfig, RunConfig
 from dualenc.core.device import resolve_device
 from dualenc.core.encode import encode_texts
+from dualenc.core.fusion import Fusion, check_mode, gather, order
 from dualenc.core.index.store import (
     MANIFEST_FILE,
     META_FILE,
     check_dim,
     check_encoder,
     open_index,
+    open_lexical,
     read_manifest,
 )
+from dualenc.core.lexical import LEXICAL_FILE, LexicalIndex, top_columns
 from dualenc.errors import ConfigError, DualencError
 
 # sqlite's smallest default limit on bound parameters per statement
@@ -58,7 +66,8 @@ class Retriever:
 
     ``Retriever.load("indices/global_kb").search(["binary search"], k=10)``;
     ``Retriever.from_encoder(encoder, codes).search(...)``. One retriever may serve several
-    threads.
+    threads. ``lexical``: the BM25 index of the same records by faiss id, or None;
+    ``fusion``: how hybrid search fuses (the manifest's, else the default).
     """
 
     def __init__(
@@ -69,6 +78,8 @@ class Retriever:
         records: SqliteRecords | MemoryRecords,
         encoder,
         batch_size: int = 64,
+        lexical: LexicalIndex | None = None,
+        fusion: Fusion | None = None,
     ):
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self.manifest = manifest
@@ -77,7 +88,16 @@ class Retriever:
         # searches never see another one's switch back to training mode (dropout)
         self.encoder = encoder.eval()
         self.batch_size = batch_size
+        self.lexical = lexical
+        self.fusion = fusion or Fusion()
         self._records = records
+        self._vectors_lock = threading.Lock()
+        self._vector_source = None
+
+    @property
+    def default_mode(self) -> str:
+        """``hybrid`` when there is a lexical part, else ``dense``."""
+        return "dense" if self.lexical is None else "hybrid"
 
     @classmethod
     def load(
@@ -107,6 +127,7 @@ class Retriever:
         check_encoder(index_dir, manifest, checkpoint, checkpoint_hash(checkpoint))
         index, meta = open_index(index_dir, manifest)
         try:
+            lexical, fusion = open_lexical(index_dir, manifest)
             if encoder is None:
                 encoder, _, _ = load_encoder(checkpoint, catalog)
                 encoder.to(resolve_device())
@@ -115,7 +136,7 @@ class Retriever:
             meta.close()
             raise
         records = SqliteRecords(index_dir / META_FILE, meta)
-        return cls(index_dir, manifest, index, records, encoder, batch_size)
+        return cls(index_dir, manifest, index, records, encoder, batch_size, lexical, fusion)
 
     @classmethod
     def from_encoder(
@@ -126,13 +147,17 @@ class Retriever:
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         ids: Sequence[str] | None = None,
         batch_size: int = 64,
+        lexical: bool = False,
+        fusion: Fusion | None = None,
     ) -> Retriever:
         """Index ``codes`` in memory (exact inner product) with ``encoder``, a
         ``dualenc.Encoder`` or an encoder plugin, for code kept in one's own storage.
 
         ``ids``: each code's ``Hit.id`` (default its position, ``"0"``, ``"1"``, ...), unique.
         ``metadata``: one mapping (or None) per code, returned as ``Hit.metadata``; its
-        ``path``, ``symbol`` and ``line`` fill the hit's fields of those names."""
+        ``path``, ``symbol`` and ``line`` fill the hit's fields of those names.
+        ``lexical``: also build the BM25 index of the codes, for lexical and hybrid search
+        (then the default mode); ``fusion``: hybrid search's (default ``Fusion()``)."""
         from dualenc.encoder import Encoder
 
         model = encoder.model if isinstance(encoder, Encoder) else encoder
@@ -145,7 +170,8 @@ class Retriever:
         records = MemoryRecords(codes, metadata, ids)
         index = faiss.IndexFlatIP(model.dim)
         index.add(encode_texts(model.eval(), codes, "code", batch_size))
-        return cls(None, None, index, records, model, batch_size)
+        bm25 = LexicalIndex.build(codes) if lexical else None
+        return cls(None, None, index, records, model, batch_size, bm25, fusion)
 
     @classmethod
     def from_config(cls, config: RunConfig | RetrievalConfig | dict[str, Any], *, encoder=None) -> Retriever:
@@ -161,25 +187,123 @@ class Retriever:
         """[Q, dim] query vectors, encoded in batches."""
         return encode_texts(self.encoder, list(queries), "query", self.batch_size)
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """The top ``k`` hits of each query, best first; one list per query."""
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        mode: str | None = None,
+        fusion: str | None = None,
+        weight: float | None = None,
+    ) -> list[list[Hit]]:
+        """The top ``k`` hits of each query, best first; one list per query.
+
+        ``mode``: ``dense``, ``lexical`` or ``hybrid`` (default: ``default_mode``). In hybrid
+        mode ``fusion`` (``interpolate`` or ``rrf``) and ``weight`` (the dense score's, in an
+        interpolation; a weight alone means interpolation) override the retriever's fusion.
+        A hit's score is that of its mode: inner product, BM25 score, fused score. Lexical
+        search leaves out codes sharing no word with the query, so it may return fewer."""
         if isinstance(queries, str):
             queries = [queries]
+        mode = self._check_mode(mode, fusion, weight)
         if not queries:
             return []
         check_queries(queries)
-        return self.search_vectors(self.encode(queries), k)
-
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The top ``k`` hits of already encoded queries."""
         if k < 1:
             raise DualencError(f"k must be >= 1 (got {k})")
-        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        rows = self._records.get(sorted({int(i) for i in ids[ids >= 0]}))
+        if mode == "lexical":
+            return self._lexical_hits(list(queries), k)
+        return self.search_vectors(
+            self.encode(queries), k, queries=queries, mode=mode, fusion=fusion, weight=weight
+        )
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        queries: Sequence[str] | None = None,
+        mode: str = "dense",
+        fusion: str | None = None,
+        weight: float | None = None,
+    ) -> list[list[Hit]]:
+        """The top ``k`` hits of already encoded queries: dense search, or hybrid search of
+        the ``queries`` whose vectors these are (``mode="hybrid"``, as ``search``)."""
+        if k < 1:
+            raise DualencError(f"k must be >= 1 (got {k})")
+        mode = self._check_mode(mode, fusion, weight)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if mode == "dense":
+            scores, ids = self.index.search(vectors, k)
+            return self._hits([(i[i >= 0], s[i >= 0]) for s, i in zip(scores, ids, strict=True)])
+        if queries is None or len(queries) != len(vectors):
+            raise DualencError(
+                f"mode {mode!r}: give the query texts of the vectors (queries=, one per vector)"
+            )
+        if mode == "lexical":
+            return self._lexical_hits(list(queries), k)
+        return self._hybrid_hits(list(queries), vectors, k, self.fusion.with_overrides(fusion, weight))
+
+    def _check_mode(self, mode: str | None, fusion: str | None, weight: float | None) -> str:
+        mode = check_mode(self.default_mode if mode is None else mode)
+        self.fusion.with_overrides(fusion, weight)  # refuses a bad fusion in any mode
+        if mode != "dense" and self.lexical is None:
+            where = f"{self.index_dir / MANIFEST_FILE}: the index" if self.index_dir else "this retriever"
+            fix = (
+                "rebuild it with dualenc index build --overwrite (or --update)"
+                if self.index_dir
+                else "pass lexical=True to Retriever.from_encoder"
+            )
+            raise DualencError(f"mode {mode!r}: {where} has no lexical part ({LEXICAL_FILE}); {fix}")
+        return mode
+
+    def _lexical_hits(self, queries: list[str], k: int) -> list[list[Hit]]:
+        found = []
+        for start in range(0, len(queries), 64):
+            for row in self.lexical.scores(queries[start : start + 64]):
+                columns = top_columns(row, k, positive=True)
+                found.append((self.lexical.ids[columns], row[columns]))
+        return self._hits(found)
+
+    def _hybrid_hits(
+        self, queries: list[str], vectors: np.ndarray, k: int, fusion: Fusion
+    ) -> list[list[Hit]]:
+        where = str(self.index_dir / LEXICAL_FILE) if self.index_dir else "lexical index"
+        gathered = gather(
+            vectors,
+            queries,
+            max(k, fusion.candidates),
+            self.index.search,
+            self._vectors_of,
+            self.lexical,
+            where,
+        )
+        found = []
+        for candidates in gathered:
+            fused = candidates.fused(fusion)
+            best = order(fused, candidates.dense, candidates.ids)[:k]
+            found.append((candidates.ids[best], fused[best]))
+        return self._hits(found)
+
+    def _hits(self, found: list[tuple[np.ndarray, np.ndarray]]) -> list[list[Hit]]:
+        """Hits of each query's (ids, scores), best first."""
+        rows = self._records.get(sorted({int(i) for ids, _ in found for i in ids}))
         return [
-            [Hit(**rows[int(i)], score=float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
+            [Hit(**rows[int(i)], score=float(s)) for i, s in zip(ids, scores, strict=True)]
+            for ids, scores in found
         ]
+
+    def _vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of faiss ``ids``: an IVF index gets a map from id to vector on
+        first use."""
+        with self._vectors_lock:
+            if self._vector_source is None:
+                source = self.index
+                if not isinstance(source, faiss.IndexIDMap2 | faiss.IndexFlat):
+                    ivf = faiss.extract_index_ivf(source)
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+                self._vector_source = source
+        return self._vector_source.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
 
     def close(self) -> None:
         self._records.close()

@@ -5,6 +5,11 @@ its options' defaults, ``--batch-size`` and ``--distractors`` set on top when gi
 also ranks query by query (``run(encoder, eval_set, top_k)``, as ``mrr`` does) gives the whole
 report: the time to encode and to score, and each query's rank (``--per-query``). Any other
 is reported by the metrics its ``evaluate`` returns and the time it took.
+
+``--mode`` (``dense``, ``lexical``, ``hybrid`` or ``all``), ``--fusion`` and ``--weight`` go to
+the evaluator's options ``mode``, ``fusion`` and ``fusion_weight``, as ``mrr`` has them. With
+``all`` the report holds every mode's metrics and the paired bootstrap 95% interval of
+hybrid's and lexical's MRR minus dense's, queries resampled.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ TOP_IDS = 5
 PREFIX = "eval"  # of the metric names a plain evaluator returns; not shown
 # how the report's header names the time each key measured
 PHASES = {"encode_seconds": "encoded", "score_seconds": "scored", "seconds": "evaluated"}
+# the flag of an evaluator option whose name is not the flag's
+OPTION_FLAGS = {"fusion_weight": "--weight"}
 
 
 @attrs.frozen
@@ -35,6 +42,8 @@ class Outcome:
     metrics: dict[str, float]
     seconds: dict[str, float]  # keys of PHASES
     per_query: list[dict] | None
+    modes: dict[str, dict[str, float]] = attrs.field(factory=dict)  # mode -> metrics, for --mode all
+    differences: dict[str, dict[str, float]] = attrs.field(factory=dict)  # "hybrid-dense" -> interval
 
 
 @click.command("evaluate")
@@ -78,6 +87,25 @@ class Outcome:
     default=None,
     help="Texts per encoder forward pass (default: the evaluator's own).",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "lexical", "hybrid", "all"]),
+    default=None,
+    help="Rank by the encoder (dense), by BM25 over code words (lexical), by both fused (hybrid), "
+    "or report all three [default: the evaluator's own, dense for mrr].",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["interpolate", "rrf"]),
+    default=None,
+    help="Hybrid's fusion [default: the evaluator's own, interpolate for mrr].",
+)
+@click.option(
+    "--weight",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="The dense score's weight in hybrid's interpolation (implies --fusion interpolate).",
+)
 @click.option("--device", default="auto", show_default=True, help="'auto' takes CUDA when there is one.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option(
@@ -95,6 +123,9 @@ def evaluate(
     benchmark_dir,
     distractors,
     batch_size,
+    mode,
+    fusion,
+    weight,
     device,
     as_json,
     per_query,
@@ -107,8 +138,18 @@ def evaluate(
     if (data is None) == (benchmark is None):
         raise click.UsageError("give exactly one of --data and --benchmark")
 
+    if weight is not None:
+        if fusion == "rrf":
+            raise click.UsageError("--weight: applies to --fusion interpolate only")
+        fusion = "interpolate"
     eval_set = _eval_set(data, benchmark, split, benchmark_dir)
-    given = {"batch_size": batch_size, "distractors": distractors}
+    given = {
+        "batch_size": batch_size,
+        "distractors": distractors,
+        "mode": mode,
+        "fusion": fusion,
+        "fusion_weight": weight,
+    }
     evaluator = _evaluator(evaluator_name, {key: value for key, value in given.items() if value is not None})
     if per_query and not hasattr(evaluator, "run"):
         raise click.UsageError(f"--per-query: the {evaluator_name!r} evaluator does not rank query by query")
@@ -126,6 +167,11 @@ def evaluate(
         "metrics": metrics,
         **{key: round(seconds, 3) for key, seconds in outcome.seconds.items()},
     }
+    if mode is not None:
+        report["mode"] = mode
+    if outcome.modes:
+        report["modes"] = outcome.modes
+        report["mrr_differences"] = outcome.differences
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -135,9 +181,30 @@ def evaluate(
     click.echo(
         f"{report['eval_set']}: {queries} queries, {pool} candidates; encoder {encoder_label}; {timing}"
     )
+    if outcome.modes:
+        _echo_modes(outcome)
+        return
     for name, value in metrics.items():
         if name not in ("num_queries", "pool_size"):
             click.echo(f"  {name:<12} {value:.4f}" if "rank" not in name else f"  {name:<12} {value:g}")
+
+
+def _echo_modes(outcome: Outcome) -> None:
+    """Every mode's metrics side by side, then the MRR differences with their intervals."""
+    modes = list(outcome.modes)
+    click.echo(f"  {'':<12} " + " ".join(f"{mode:>8}" for mode in modes))
+    for name in outcome.metrics:
+        if name in ("num_queries", "pool_size"):
+            continue
+        values = [outcome.modes[mode][name] for mode in modes]
+        cells = [f"{value:>8g}" if "rank" in name else f"{value:>8.4f}" for value in values]
+        click.echo(f"  {name:<12} " + " ".join(cells))
+    for label, interval in outcome.differences.items():
+        click.echo(
+            f"  mrr {label}: {interval['mean']:+.4f} "
+            f"(paired bootstrap {100 * interval['level']:.0f}% interval {interval['low']:+.4f} to "
+            f"{interval['high']:+.4f})"
+        )
 
 
 def _eval_set(data, benchmark, split, benchmark_dir):
@@ -155,7 +222,8 @@ def _evaluator(name: str, given: dict):
     fields = attrs.fields_dict(component.options) if component.options is not None else {}
     for key in given:
         if key not in fields:
-            raise click.UsageError(f"--{key.replace('_', '-')}: the {name!r} evaluator has no {key!r} option")
+            flag = OPTION_FLAGS.get(key, f"--{key.replace('_', '-')}")
+            raise click.UsageError(f"{flag}: the {name!r} evaluator has no {key!r} option")
     return component.create(component.options(**given) if component.options is not None else None)
 
 
@@ -176,7 +244,17 @@ def _run(evaluator, encoder, eval_set: EvalSet, per_query: bool) -> Outcome:
         evaluation = evaluator.run(encoder, eval_set, top_k=TOP_IDS if per_query else 0)
         seconds = {"encode_seconds": evaluation.encode_seconds, "score_seconds": evaluation.score_seconds}
         rows = _per_query_rows(evaluation) if per_query else None
-        return Outcome(evaluation.eval_set, evaluation.rankings.metrics(), seconds, rows)
+        by_mode = getattr(evaluation, "modes", {})
+        modes, differences = {}, {}
+        if len(by_mode) > 1:
+            from dualenc.plugins.evaluators.metrics import paired_bootstrap
+
+            modes = {mode: rankings.metrics() for mode, rankings in by_mode.items()}
+            dense = by_mode["dense"].reciprocal_ranks()
+            for mode in by_mode:
+                if mode != "dense":
+                    differences[f"{mode}-dense"] = paired_bootstrap(by_mode[mode].reciprocal_ranks(), dense)
+        return Outcome(evaluation.eval_set, evaluation.rankings.metrics(), seconds, rows, modes, differences)
     started = time.perf_counter()
     metrics = evaluator.evaluate(encoder, eval_set, prefix=PREFIX)
     seconds = {"seconds": time.perf_counter() - started}
@@ -185,15 +263,21 @@ def _run(evaluator, encoder, eval_set: EvalSet, per_query: bool) -> Outcome:
 
 
 def _per_query_rows(evaluation) -> list[dict]:
+    """Each query's rank in the evaluation's ranking; with several modes also each mode's."""
     rankings = evaluation.rankings
     first = rankings.first_ranks()
-    return [
-        {
+    by_mode = getattr(evaluation, "modes", {})
+    mode_ranks = {mode: ranked.first_ranks() for mode, ranked in by_mode.items()} if len(by_mode) > 1 else {}
+    rows = []
+    for index, query in enumerate(evaluation.eval_set.queries):
+        row = {
             "query": query,
             "rank": int(first[index]),
             "reciprocal_rank": 1.0 / float(first[index]),
             "gold_ids": rankings.gold_ids(index),
             "top_ids": rankings.top_ids[index].tolist(),
         }
-        for index, query in enumerate(evaluation.eval_set.queries)
-    ]
+        if mode_ranks:
+            row["ranks"] = {mode: int(ranks[index]) for mode, ranks in mode_ranks.items()}
+        rows.append(row)
+    return rows

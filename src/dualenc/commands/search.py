@@ -38,6 +38,25 @@ DEF_LINE = re.compile(r"(async\s+)?def\s")
     show_default=True,
     help="Lines of code shown per hit; 0 shows all.",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "lexical", "hybrid"]),
+    default=None,
+    help="dense (the encoder), lexical (BM25 over code words) or hybrid (both, fused) "
+    "[default: hybrid when the index has a lexical part, else dense].",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["interpolate", "rrf"]),
+    default=None,
+    help="How hybrid search fuses the two rankings [default: the one the index's manifest records].",
+)
+@click.option(
+    "--weight",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="The dense score's weight in an interpolation, 0 to 1 (implies --fusion interpolate).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 def search(
     queries: tuple[str, ...],
@@ -45,14 +64,21 @@ def search(
     k: int,
     encoder_checkpoint: Path | None,
     max_lines: int,
+    mode: str | None,
+    fusion: str | None,
+    weight: float | None,
     as_json: bool,
 ):
     """Search an index with natural-language QUERIES."""
     from dualenc.retriever import Retriever, check_queries
 
+    if weight is not None and fusion == "rrf":
+        raise click.UsageError("--weight: applies to --fusion interpolate only")
+    if (fusion is not None or weight is not None) and mode not in (None, "hybrid"):
+        raise click.UsageError(f"--fusion and --weight apply to hybrid search, not to --mode {mode}")
     check_queries(queries)  # before the encoder is loaded
     with Retriever.load(index_dir, encoder_checkpoint, catalog=current_catalog()) as retriever:
-        results = retriever.search(list(queries), k=k)
+        results = retriever.search(list(queries), k=k, mode=mode, fusion=fusion, weight=weight)
     if as_json:
         document = [
             {"query": query, "hits": [hit.to_dict() for hit in hits]}

@@ -36,7 +36,7 @@ from dualenc.core.index.store import (
     read_manifest,
     staged_meta,
 )
-from dualenc.core.index.tune import index_to_serve
+from dualenc.core.index.tune import index_to_serve, tune_fusion
 from dualenc.errors import DualencError
 
 
@@ -103,6 +103,12 @@ def build_index(
                 if meta_store.stale_ids:
                     store.remove_ids(np.asarray(meta_store.stale_ids, dtype=np.int64))
                 index, index_info, recall = index_to_serve(store, options, encoder)
+                lexical = fusion = None
+                if options.lexical:
+                    lexical_started = time.perf_counter()
+                    lexical = meta_store.lexical_index(options.bm25_k1, options.bm25_b)
+                    lexical_seconds = time.perf_counter() - lexical_started
+                    fusion = tune_fusion(index, store, lexical, encoder, options, meta_store.ids_of_hash())
                 generation = uuid.uuid4().hex
                 meta_store.finish(generation)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -123,7 +129,10 @@ def build_index(
                 "exact_threshold": options.exact_threshold,
                 "recall": recall,
             }
-            install(output_dir, index, meta_file, manifest)
+            if lexical is not None:
+                manifest["lexical"] = {**lexical.manifest_entry(), "build_seconds": round(lexical_seconds, 3)}
+                manifest["fusion"] = fusion
+            install(output_dir, index, meta_file, manifest, lexical)
     except BaseException:
         for folder in created:
             try:

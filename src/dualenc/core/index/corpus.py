@@ -86,24 +86,34 @@ def chunks(records: Iterable[CodeRecord], size: int) -> Iterator[list[CodeRecord
 
 def read_queries(path: Path) -> list[str]:
     """Queries of a JSONL file (field ``query``) or of a text file, one per line."""
+    return [query for query, _ in read_query_pairs(path)]
+
+
+def read_query_pairs(path: Path) -> list[tuple[str, str | None]]:
+    """(query, code) of each line of a JSONL file (fields ``query`` and, optionally, ``code``:
+    a pairs file such as val.jsonl), or (query, None) of each line of a text file."""
     path = Path(path)
     if not path.is_file():
         raise DualencError(f"{path}: query file not found")
-    queries = []
+    pairs: list[tuple[str, str | None]] = []
     with open(path, encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             if not line.lstrip().startswith("{"):
-                queries.append(line.strip())
+                pairs.append((line.strip(), None))
                 continue
             try:
-                query = json.loads(line).get("query")
+                data = json.loads(line)
+                query = data.get("query")
             except (json.JSONDecodeError, AttributeError):
                 raise DualencError(f"{path}:{number}: not a JSON object") from None
             if not isinstance(query, str) or not query.strip():
                 raise DualencError(f"{path}:{number}: 'query' must be a non-empty string")
-            queries.append(query)
-    if not queries:
+            code = data.get("code")
+            if code is not None and (not isinstance(code, str) or not code.strip()):
+                raise DualencError(f"{path}:{number}: 'code' must be a non-empty string")
+            pairs.append((query, code))
+    if not pairs:
         raise DualencError(f"{path}: no queries")
-    return queries
+    return pairs

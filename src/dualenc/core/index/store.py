@@ -1,18 +1,21 @@
 """The index folder: its files, reading and checking them, the metadata store a build
 changes, and installing a build.
 
-An index directory holds three files:
+An index directory holds these files:
 
 - ``index.faiss``: the code vectors. Exact inner product (``IndexIDMap2`` over
   ``IndexFlatIP``) up to ``exact_threshold`` vectors; above it ``IndexIVFFlat`` with
   ``nprobe`` raised until recall@10 against exact search reaches the target.
 - ``meta.sqlite``: one row per vector, keyed by its faiss id: the record's key (its corpus
   ``id``, else ``path::symbol``), a hash of its code, path, symbol, line and code.
+- ``lexical.npz`` and ``lexical_vocab.json``: BM25 weights of every record's code words, by
+  faiss id (``dualenc.core.lexical``); absent from an index built without its lexical part.
 - ``manifest.json``: the encoder checkpoint and its hash, dimension, count, index type and
-  parameters, the measured recall.
+  parameters, the measured recall, the lexical part's parameters and the fusion of hybrid
+  search.
 
-The manifest and meta.sqlite both name the build's generation: files of different builds
-(an interrupted install) are told apart by it.
+The manifest, meta.sqlite and the lexical files all name the build's generation: files of
+different builds (an interrupted install) are told apart by it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dualenc.core.fusion import DEFAULT_METHOD, Fusion
 from dualenc.core.index.corpus import CodeRecord
 from dualenc.core.io import atomic_write_json, fsync_dir, fsync_file, hidden_sibling, read_json
+from dualenc.core.lexical import LEXICAL_FILE, VOCAB_FILE, LexicalIndex
 from dualenc.errors import DualencError
 
 INDEX_FILE = "index.faiss"
@@ -56,7 +61,8 @@ CREATE TABLE info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 def holds_index(directory: Path) -> bool:
     """Whether ``directory`` holds any file of an index."""
-    return any((directory / name).exists() for name in (MANIFEST_FILE, INDEX_FILE, META_FILE))
+    names = (MANIFEST_FILE, INDEX_FILE, META_FILE, LEXICAL_FILE, VOCAB_FILE)
+    return any((directory / name).exists() for name in names)
 
 
 # key path -> the JSON types it must have, and their names for the message; every key a
@@ -171,6 +177,20 @@ def _check_consistent(index_dir: Path, manifest: dict, index: faiss.Index, meta:
         )
 
 
+def open_lexical(index_dir: Path, manifest: dict) -> tuple[LexicalIndex | None, Fusion]:
+    """The lexical part of the index (None when it was built without one, as before hybrid
+    search) and the fusion its manifest records, checked to be the build ``manifest`` describes."""
+    where = index_dir / MANIFEST_FILE
+    entry = manifest.get("lexical")
+    if entry is None:
+        return None, Fusion()
+    if not isinstance(entry, dict):
+        raise DualencError(f"{where}: lexical must be an object, got {entry!r:.60}; rebuild the index")
+    fusion = Fusion.from_manifest(manifest.get("fusion", {"method": DEFAULT_METHOD}), str(where))
+    lexical = LexicalIndex.read(index_dir, manifest["generation"], manifest["count"])
+    return lexical, fusion
+
+
 def check_dim(index_dir: Path, index: faiss.Index, encoder_dim: int) -> None:
     """Refuse an encoder whose vectors do not fit the index's."""
     if index.d != encoder_dim:
@@ -258,6 +278,18 @@ class MetaStore:
         self.stale_ids.extend(gone)
         return len(gone)
 
+    def lexical_index(self, k1: float, b: float) -> LexicalIndex:
+        """The BM25 index of every record's code, as the records stand now, by faiss id."""
+        rows = self.db.execute("SELECT id, code FROM records ORDER BY id").fetchall()
+        return LexicalIndex.build([code for _, code in rows], [i for i, _ in rows], k1=k1, b=b)
+
+    def ids_of_hash(self) -> dict[str, list[int]]:
+        """content hash -> the faiss ids of the records with that code."""
+        found: dict[str, list[int]] = {}
+        for record_id, content_hash in self.db.execute("SELECT id, content_hash FROM records"):
+            found.setdefault(content_hash, []).append(record_id)
+        return found
+
     def finish(self, generation: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO info VALUES ('generation', ?)", (generation,))
         self.db.commit()
@@ -269,17 +301,30 @@ class MetaStore:
         self.db.close()
 
 
-def install(output_dir: Path, index: faiss.Index, meta_file: Path, manifest: dict) -> None:
+def install(
+    output_dir: Path, index: faiss.Index, meta_file: Path, manifest: dict, lexical: LexicalIndex | None = None
+) -> None:
     """Move a build's files into place: ``meta_file`` (its staged meta.sqlite), then
-    ``index``, then ``manifest``. meta.sqlite goes first and the manifest last: in
-    between their generations differ, so a reader sees an interrupted build as one."""
+    ``index``, then the ``lexical`` part, then ``manifest``. meta.sqlite goes first and the
+    manifest last: in between their generations differ, so a reader sees an interrupted
+    build as one. A build without a lexical part removes an earlier build's."""
     staged_index = hidden_sibling(output_dir / INDEX_FILE)
+    staged_lexical = [hidden_sibling(output_dir / name) for name in (LEXICAL_FILE, VOCAB_FILE)]
     try:
         faiss.write_index(index, str(staged_index))
         fsync_file(staged_index)
+        if lexical is not None:
+            lexical.write(*staged_lexical, manifest["generation"])
         os.replace(meta_file, output_dir / META_FILE)
         os.replace(staged_index, output_dir / INDEX_FILE)
+        if lexical is not None:
+            for staged, name in zip(staged_lexical, (LEXICAL_FILE, VOCAB_FILE), strict=True):
+                os.replace(staged, output_dir / name)
     finally:
-        staged_index.unlink(missing_ok=True)
+        for staged in (staged_index, *staged_lexical):
+            staged.unlink(missing_ok=True)
     atomic_write_json(output_dir / MANIFEST_FILE, manifest)
+    if lexical is None:
+        for name in (LEXICAL_FILE, VOCAB_FILE):
+            (output_dir / name).unlink(missing_ok=True)
     fsync_dir(output_dir)

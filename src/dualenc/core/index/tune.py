@@ -1,6 +1,8 @@
 """Which index a build serves: the exact store up to ``exact_threshold`` vectors, above it
 IVF with the smallest ``nprobe`` whose recall@10 against exact search reaches the target,
-measured on natural-language queries when given, else on code vectors of the corpus."""
+measured on natural-language queries when given, else on code vectors of the corpus. And
+how hybrid search fuses dense and lexical scores: the best setting on query/code pairs when
+the tuning queries are pairs, else the default."""
 
 from __future__ import annotations
 
@@ -11,10 +13,15 @@ import faiss
 import numpy as np
 
 from dualenc.core.encode import encode_texts
-from dualenc.core.index.corpus import read_queries
+from dualenc.core.fusion import METHODS, WEIGHT_GRID, Fusion, gather
+from dualenc.core.index.corpus import CodeRecord, read_queries, read_query_pairs
 from dualenc.core.index.options import IndexOptions
 
 RECALL_K = 10
+DEFAULT_FUSION_SOURCE = (
+    "default: interpolation weight chosen on 1,000 stdlib training pairs with the zero-shot "
+    "all-MiniLM-L6-v2; give query/code pairs as --tune-queries to choose on your own queries"
+)
 RECALL_QUERY_SOURCE = (
     "code vectors sampled from the corpus, each query's own vector excluded from both result "
     "lists; real queries were not available at build time (tune_queries), so natural-language "
@@ -131,3 +138,72 @@ def _recall(
         kept = found_scores[(found_ids != query_id) & (found_ids >= 0)][:k]
         hits += int(np.count_nonzero(kept >= kth_score - 1e-5))
     return hits / (len(query_ids) * k)
+
+
+def tune_fusion(
+    index: faiss.Index,
+    store: faiss.IndexIDMap2,
+    lexical,
+    encoder,
+    options: IndexOptions,
+    ids_of_hash: dict[str, list[int]],
+) -> dict:
+    """The fusion hybrid search uses, for the manifest: the setting (interpolation weights
+    0, 0.1, ..., 1, and RRF) of the best MRR on the tuning pairs whose code is a record of the
+    index (``ids_of_hash``: content hash -> faiss ids), else the default and why.
+
+    Each pair's query is searched as hybrid search does (``index`` for the dense top list,
+    exact scores from ``store``); its reciprocal rank is that of its code among the fused
+    candidates, ties counted against it, 0 when the code is not a candidate."""
+    default = Fusion()
+    if options.tune_queries is None:
+        return {**default.manifest_entry(), "chosen_on": DEFAULT_FUSION_SOURCE}
+    path = Path(options.tune_queries)
+    pairs = [(query, code) for query, code in read_query_pairs(path) if code is not None]
+    if not pairs:
+        return {
+            **default.manifest_entry(),
+            "chosen_on": f"default: {path} has queries but no 'code' field to tune the fusion on",
+        }
+    # a query of several pairs has each of their codes for gold, as in evaluation
+    golds: dict[str, list[int]] = {}
+    for query, code in pairs:
+        golds.setdefault(query, []).extend(ids_of_hash.get(CodeRecord(code=code).content_hash(), []))
+    kept = [(query, gold) for query, gold in golds.items() if gold]
+    if not kept:
+        return {
+            **default.manifest_entry(),
+            "chosen_on": f"default: none of the {len(pairs)} codes of {path} is a record of the index",
+        }
+    if len(kept) > options.recall_queries:
+        rng = np.random.default_rng(options.seed)
+        kept = [kept[i] for i in np.sort(rng.choice(len(kept), size=options.recall_queries, replace=False))]
+    queries = [query for query, _ in kept]
+    vectors = encode_texts(encoder, queries, "query", options.batch_size)
+    gathered = gather(
+        vectors, queries, default.candidates, index.search, store.reconstruct_batch, lexical, "tuning"
+    )
+    settings = [Fusion(method="interpolate", weight=weight) for weight in WEIGHT_GRID]
+    settings.append(Fusion(method="rrf"))
+    assert {setting.method for setting in settings} == set(METHODS)
+    mrr = {}
+    for setting in settings:
+        reciprocal = []
+        for found, (_, gold) in zip(gathered, kept, strict=True):
+            fused = found.fused(setting)
+            is_gold = np.isin(found.ids, gold)
+            if not is_gold.any():
+                reciprocal.append(0.0)
+                continue
+            best = fused[is_gold].max()
+            reciprocal.append(1.0 / (1 + np.count_nonzero(fused[~is_gold] >= best)))
+        mrr[setting.label] = round(float(np.mean(reciprocal)), 4)
+    top = max(mrr.values())
+    # the default when it is as good as the best, else the first best of the grid
+    chosen = default if mrr[default.label] == top else next(s for s in settings if mrr[s.label] == top)
+    return {
+        **chosen.manifest_entry(),
+        "chosen_on": f"{len(kept)} queries of {path} with a code in the index (of {len(pairs)} "
+        "query/code pairs): the best MRR over each query's candidates",
+        "mrr_per_setting": mrr,
+    }

@@ -16,7 +16,7 @@ distinct vectors, so memory stays bounded for any pool size; nothing is approxim
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -169,6 +169,68 @@ def rank_pool(
         for query, mapping in enumerate(relevant):
             top_ids[query] = top.first_items(query, mapping)
     return Rankings(len(pool), offsets, items, grades, ranks, top_ids)
+
+
+def rank_scores(
+    score_block: Callable[[int, int], np.ndarray],
+    num_queries: int,
+    pool_size: int,
+    relevant: Sequence[Mapping[int, float]],
+    query_chunk: int = 256,
+    top_k: int = 0,
+) -> Rankings:
+    """``rank_pool`` for scores given directly: ``score_block(start, end)`` is the
+    [end - start, pool_size] score matrix of queries start..end-1 (lexical or fused scores;
+    -inf for an item a query does not rank). The same total order: by score, highest first,
+    ties against the relevant items (non-relevant first, then relevant by grade ascending,
+    then by pool index)."""
+    if query_chunk < 1:
+        raise ValueError("query_chunk must be >= 1")
+    if not num_queries:
+        raise DualencError("no queries to rank")
+    if len(relevant) != num_queries:
+        raise DualencError(f"{num_queries} queries but {len(relevant)} relevance entries")
+    offsets, items, grades = _flatten_relevance(relevant, pool_size)
+    ranks = np.empty(len(items), dtype=np.int64)
+    k = min(top_k, pool_size)
+    top_ids = np.empty((num_queries, k), dtype=np.int64) if top_k else None
+    for start in range(0, num_queries, query_chunk):
+        end = min(start + query_chunk, num_queries)
+        block = np.asarray(score_block(start, end), dtype=np.float64)
+        if block.shape != (end - start, pool_size):
+            raise DualencError(f"score block of shape {block.shape}, expected {(end - start, pool_size)}")
+        if np.isnan(block).any():
+            raise DualencError("scores contain NaN")
+        for row, scores in enumerate(block):
+            query = start + row
+            grade = np.zeros(pool_size)
+            pairs = slice(offsets[query], offsets[query + 1])
+            grade[items[pairs]] = grades[pairs]
+            order = np.lexsort((np.arange(pool_size), grade, -scores))
+            position = np.empty(pool_size, dtype=np.int64)
+            position[order] = np.arange(1, pool_size + 1)
+            ranks[pairs] = position[items[pairs]]
+            if top_ids is not None:
+                top_ids[query] = order[:k]
+    return Rankings(pool_size, offsets, items, grades, ranks, top_ids)
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, samples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Mean of ``a - b`` (per-query values of two systems on the same queries) and its
+    percentile bootstrap interval, queries resampled with replacement."""
+    differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if differences.ndim != 1 or not len(differences):
+        raise DualencError("paired bootstrap needs one value per query of each system")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for start in range(0, samples, 1000):
+        draws = rng.integers(0, len(differences), size=(min(1000, samples - start), len(differences)))
+        means[start : start + len(draws)] = differences[draws].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(differences.mean()), "low": float(low), "high": float(high), "level": level}
 
 
 def _relevant_ahead(combo_pair, combo_other, pair_group, gold_scores, grades, items) -> np.ndarray:

@@ -1,7 +1,8 @@
 """``bm25``: lexical hard negatives, as DPR mined them, with ``rank_bm25``'s BM25Okapi.
 
 The codes (the training pairs', or those of ``dualenc mine --corpus``) are indexed once (the
-corpus never changes during training) and every query is scored against all of them.
+corpus never changes during training) and every query is scored against all of them. Words
+are ``dualenc.code_words``, the tokenizer of an index's lexical part too.
 ``BM25Okapi`` supplies the statistics (idf, lengths, k1, b); scoring goes through
 ``TermWeights``, the same formula over postings lists, because ``get_scores`` loops in
 Python over every document for every query word (108 s for the 4,253 stdlib training pairs,
@@ -11,14 +12,13 @@ before the first step, and saved with the checkpoints.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 
 import attrs
 import numpy as np
 
-from dualenc import Register, at_least, at_most, hookimpl, one_of
+from dualenc import Register, at_least, at_most, code_words, hookimpl, one_of
 from dualenc.plugins.miners.common import (
     RoundCounts,
     RoundMiner,
@@ -28,16 +28,7 @@ from dualenc.plugins.miners.common import (
     sample_window,
 )
 
-# an upper-case run not followed by a lower-case letter (HTTP in HTTPServer), a capitalised
-# or lower-case word, or a number: identifiers split at case changes, digits, _ and symbols
-_WORD_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 SCORE_CHUNK = 1024
-
-
-def code_words(text: str) -> list[str]:
-    """Lower-cased identifier parts: getFileName, get_file_name and GET_FILE_NAME all give
-    get, file, name, as do the words of a query about them."""
-    return [part.lower() for part in _WORD_PART.findall(text)]
 
 
 class TermWeights:
@@ -120,7 +111,12 @@ class BM25Miner(RoundMiner):
                 "mining/index_seconds": index_seconds,
                 "mining/search_seconds": time.perf_counter() - started,
             },
-            provenance={"index": {"type": "rank_bm25.BM25Okapi", "words": "identifier parts, lower case"}},
+            provenance={
+                "index": {
+                    "type": "rank_bm25.BM25Okapi",
+                    "words": "identifier parts, lower case, and multi-part identifiers whole",
+                }
+            },
         )
 
     @staticmethod

@@ -1,0 +1,324 @@
+"""The lexical side of search: ``code_words``, the identifier-aware tokenizer (the ``bm25``
+miner's too), and ``LexicalIndex``, Okapi BM25 over those words as one sparse matrix.
+
+BM25 here is Lucene's: a document d's score for a query is the sum over the query's words t
+(a word said twice counts twice) of
+
+    idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)),
+    idf(t) = log(1 + (N - n_t + 0.5) / (n_t + 0.5)),
+
+tf the count of t in d, |d| the number of words of d, avgdl their mean over the N documents,
+n_t the documents holding t; k1 = 1.2 and b = 0.75 by default. Every weight is computed when
+the index is built and kept as a ``scipy.sparse`` CSR matrix of words x documents (each row a
+word's postings), so a batch of queries is scored by one sparse product: the queries' word
+counts [Q x words] times that matrix [words x documents] (per query: its words' rows,
+weighted by its counts, summed into a dense row); nothing loops over documents in Python.
+Columns are documents in ascending id order (the faiss ids of an index folder, the pool
+positions of an evaluation).
+
+In an index folder it is two files: ``lexical.npz`` (the CSR arrays and the ids; numpy
+arrays only, read with ``allow_pickle=False``) and ``lexical_vocab.json`` (the words, row by
+row); both carry the build's generation, as meta.sqlite does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualenc.errors import DualencError
+
+LEXICAL_FILE = "lexical.npz"
+VOCAB_FILE = "lexical_vocab.json"
+LEXICAL_FORMAT = 1
+REBUILD = "rebuild the index (dualenc index build --update rebuilds the lexical part from the records)"
+BM25_K1 = 1.2
+BM25_B = 0.75
+IDF = "log(1 + (N - n + 0.5) / (n + 0.5))"
+TOKENIZER = (
+    "code_words: identifier parts (camelCase, snake_case, dotted names) lower-cased, "
+    "plus each multi-part identifier whole"
+)
+
+# a run of letters, digits and underscores: an identifier, a number, or a word of a query
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
+# an upper-case run not followed by a lower-case letter (HTTP in HTTPServer), a capitalised
+# or lower-case word, or a number: identifiers split at case changes, digits, _ and symbols
+_WORD_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def code_words(text: str) -> list[str]:
+    """The words of code or of a query: each identifier's lower-cased parts, then, when it has
+    several, the whole identifier lower-cased (leading and trailing ``_`` dropped).
+
+    ``getFileName`` and ``get_file_name`` both give get, file, name and themselves
+    (getfilename, get_file_name); ``os.path.join`` gives os, path, join; a query's plain words
+    are themselves. Only ASCII letters and digits make words."""
+    words = []
+    for identifier in _IDENTIFIER.findall(text):
+        parts = _WORD_PART.findall(identifier)
+        words.extend(part.lower() for part in parts)
+        if len(parts) > 1:
+            words.append(identifier.strip("_").lower())
+    return words
+
+
+class LexicalIndex:
+    """BM25 weights of documents' ``code_words`` as a words x documents CSR matrix.
+
+    ``ids``: each column's id, ascending (int64); ``words``: each row's word.
+    """
+
+    def __init__(self, weights, ids: np.ndarray, words: list[str], k1: float, b: float):
+        self.weights = weights  # scipy.sparse.csr_matrix [len(words), len(ids)], float64
+        self.ids = ids
+        self.words = words
+        self.row_of = {word: row for row, word in enumerate(words)}
+        self.k1, self.b = k1, b
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def build(
+        cls,
+        codes: Sequence[str],
+        ids: Sequence[int] | np.ndarray | None = None,
+        k1: float = BM25_K1,
+        b: float = BM25_B,
+    ) -> LexicalIndex:
+        """The index of ``codes``; ``ids`` (default 0, 1, ...) must ascend, one per code."""
+        from scipy import sparse
+
+        ids = np.arange(len(codes), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(codes):
+            raise DualencError(f"{len(ids)} ids for {len(codes)} codes; give one per code")
+        if len(ids) > 1 and not np.all(np.diff(ids) > 0):
+            raise DualencError("lexical index ids must ascend")
+        row_of: dict[str, int] = {}
+        rows: list[int] = []
+        lengths = np.zeros(len(codes), dtype=np.int64)
+        for column, code in enumerate(codes):
+            words = code_words(code)
+            lengths[column] = len(words)
+            rows.extend(row_of.setdefault(word, len(row_of)) for word in words)
+        # words in sorted order: the same documents give the same matrix whatever order they came in
+        words = sorted(row_of)
+        sorted_row = np.empty(len(words), dtype=np.int64)
+        sorted_row[[row_of[word] for word in words]] = np.arange(len(words))
+        rows_array = sorted_row[np.asarray(rows, dtype=np.int64)] if rows else np.zeros(0, dtype=np.int64)
+        columns = np.repeat(np.arange(len(codes), dtype=np.int64), lengths)
+        # duplicates (a word's every occurrence in a document) are summed: term frequencies
+        tf = sparse.coo_matrix(
+            (np.ones(len(rows_array)), (rows_array, columns)), shape=(len(words), len(codes))
+        ).tocsr()
+        tf.sum_duplicates()
+        tf.sort_indices()
+        num_documents = len(codes)
+        average = float(lengths.mean()) if num_documents and lengths.sum() else 1.0
+        with_word = np.diff(tf.indptr)
+        idf = np.log1p((num_documents - with_word + 0.5) / (with_word + 0.5))
+        counts = tf.data
+        norm = k1 * (1.0 - b + b * lengths[tf.indices] / average)
+        data = np.repeat(idf, with_word) * counts * (k1 + 1.0) / (counts + norm)
+        weights = sparse.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape)
+        return cls(weights, ids, words, k1, b)
+
+    def query_counts(self, queries: Sequence[str]):
+        """[Q x words] CSR: how often each query says each known word."""
+        from scipy import sparse
+
+        rows, columns = [], []
+        for row, query in enumerate(queries):
+            known = [self.row_of[word] for word in code_words(query) if word in self.row_of]
+            rows.extend([row] * len(known))
+            columns.extend(known)
+        matrix = sparse.coo_matrix(
+            (np.ones(len(rows)), (rows, columns)), shape=(len(queries), len(self.words))
+        ).tocsr()
+        matrix.sum_duplicates()
+        return matrix
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """[Q, count] float64: each query's BM25 score of every document, in column order.
+
+        Per query the rows of its words (their postings) times its word counts: a sparse
+        matrix-vector product into a dense row, at the cost of the postings touched."""
+        counts = self.query_counts(queries)
+        scores = np.zeros((len(queries), self.count), dtype=np.float64)
+        for row in range(len(queries)):
+            start, end = counts.indptr[row], counts.indptr[row + 1]
+            if start < end:
+                words = self.weights[counts.indices[start:end]]
+                scores[row] = words.T @ counts.data[start:end]
+        return scores
+
+    def columns(self, ids: np.ndarray, where: str = "lexical index") -> np.ndarray:
+        """The column of each id; an id this index does not hold is an error naming ``where``."""
+        columns = np.searchsorted(self.ids, ids)
+        inside = columns < len(self.ids)
+        if not (inside.all() and np.array_equal(self.ids[columns], ids)):
+            missing = np.asarray(ids)[~inside | (self.ids[np.minimum(columns, len(self.ids) - 1)] != ids)]
+            raise DualencError(f"{where}: no entry for ids {missing[:5].tolist()}; rebuild the index")
+        return columns
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "type": "bm25",
+            "files": [LEXICAL_FILE, VOCAB_FILE],
+            "k1": self.k1,
+            "b": self.b,
+            "idf": IDF,
+            "tokenizer": TOKENIZER,
+            "count": self.count,
+            "vocab_size": len(self.words),
+            "postings": int(self.weights.nnz),
+        }
+
+    # --- files ------------------------------------------------------------------------
+
+    def write(self, npz_path: Path, vocab_path: Path, generation: str) -> None:
+        """Write the two files (at the paths given: an install stages them beside the index)."""
+        with open(npz_path, "wb") as out:
+            np.savez(
+                out,
+                format=np.array(LEXICAL_FORMAT, dtype=np.int64),
+                generation=np.array(generation),
+                ids=self.ids,
+                indptr=self.weights.indptr.astype(np.int64),
+                indices=self.weights.indices.astype(np.int32),
+                weights=self.weights.data.astype(np.float64),
+                params=np.array([self.k1, self.b], dtype=np.float64),
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        with open(vocab_path, "w", encoding="utf-8") as out:
+            json.dump({"generation": generation, "words": self.words}, out, ensure_ascii=False)
+            out.flush()
+            os.fsync(out.fileno())
+
+    @classmethod
+    def read(cls, index_dir: Path, generation: str, count: int) -> LexicalIndex:
+        """The lexical part of ``index_dir``, checked to be the build of ``generation`` with
+        ``count`` documents; a missing, damaged or foreign file is an error naming it."""
+        from scipy import sparse
+
+        npz_path, vocab_path = Path(index_dir) / LEXICAL_FILE, Path(index_dir) / VOCAB_FILE
+        arrays = _read_npz(npz_path)
+        words = _read_vocab(vocab_path)
+        foreign = (
+            "belongs to another build than {manifest} (an interrupted build or update?); rebuild the index"
+        )
+        manifest = Path(index_dir) / "manifest.json"
+        if arrays["generation"] != generation:
+            raise DualencError(f"{npz_path}: " + foreign.format(manifest=manifest))
+        if words["generation"] != generation:
+            raise DualencError(f"{vocab_path}: " + foreign.format(manifest=manifest))
+        ids, indptr, indices, data = arrays["ids"], arrays["indptr"], arrays["indices"], arrays["weights"]
+        if len(ids) != count:
+            raise DualencError(
+                f"{npz_path}: holds {len(ids)} documents, but the manifest says {count}; rebuild the index"
+            )
+        if len(indptr) != len(words["words"]) + 1:
+            raise DualencError(
+                f"{npz_path}: holds {len(indptr) - 1} words, but {vocab_path} lists {len(words['words'])}; "
+                "rebuild the index"
+            )
+        try:
+            if len(ids) > 1 and not np.all(np.diff(ids) > 0):
+                raise ValueError("ids do not ascend")
+            weights = sparse.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, len(ids)))
+            weights.check_format(full_check=True)
+        except ValueError as exc:
+            raise DualencError(f"{npz_path}: inconsistent arrays ({exc}); rebuild the index") from None
+        if not np.isfinite(data).all():
+            raise DualencError(f"{npz_path}: weights are not finite; rebuild the index")
+        k1, b = (float(value) for value in arrays["params"])
+        return cls(weights, ids, words["words"], k1, b)
+
+
+_NPZ_ARRAYS = {
+    "format": (np.integer, 0),
+    "generation": (np.str_, 0),
+    "ids": (np.integer, 1),
+    "indptr": (np.integer, 1),
+    "indices": (np.integer, 1),
+    "weights": (np.floating, 1),
+    "params": (np.floating, 1),
+}
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DualencError(f"{path}: missing; {REBUILD}")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for name, (kind, ndim) in _NPZ_ARRAYS.items():
+                if name not in npz.files:
+                    raise DualencError(f"{path}: has no {name!r} array; rebuild the index")
+                try:
+                    value = npz[name]
+                except ValueError as exc:
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    raise DualencError(
+                        f"{path}: {name!r} is an object array, which dualenc never unpickles; "
+                        "rebuild the index"
+                    ) from None
+                if not np.issubdtype(value.dtype, kind) or value.ndim != ndim:
+                    raise DualencError(
+                        f"{path}: {name!r} is a {value.ndim}-d {value.dtype} array; rebuild the index"
+                    )
+                arrays[name] = value
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DualencError(
+            f"{path}: unreadable lexical index, truncated or corrupt ({exc}); rebuild the index"
+        ) from None
+    if int(arrays["format"]) != LEXICAL_FORMAT:
+        raise DualencError(
+            f"{path}: lexical format {int(arrays['format'])}; this dualenc reads {LEXICAL_FORMAT}"
+        )
+    arrays["generation"] = str(arrays["generation"])
+    if len(arrays["params"]) != 2:
+        raise DualencError(f"{path}: 'params' must hold k1 and b; rebuild the index")
+    return arrays
+
+
+def _read_vocab(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DualencError(f"{path}: missing; {REBUILD}")
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DualencError(f"{path}: not valid JSON ({exc}); rebuild the index") from None
+    if (
+        not isinstance(vocab, dict)
+        or not isinstance(vocab.get("generation"), str)
+        or not isinstance(vocab.get("words"), list)
+        or not all(isinstance(word, str) for word in vocab["words"])
+    ):
+        raise DualencError(
+            f"{path}: expected an object with 'generation' (a string) and 'words' (strings); "
+            "rebuild the index"
+        )
+    return vocab
+
+
+def top_columns(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
+    """The columns of the ``k`` highest of one row of ``scores``, by score then column;
+    ``positive``: only those above 0 (a document sharing no word with the query is no match)."""
+    candidates = np.flatnonzero(scores > 0) if positive else np.arange(len(scores))
+    if len(candidates) > k:
+        kth = np.partition(scores[candidates], len(candidates) - k)[len(candidates) - k]
+        candidates = candidates[scores[candidates] >= kth]
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order[:k]]

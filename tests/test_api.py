@@ -1,6 +1,7 @@
 """The Python API: ``dualenc.train``, ``dualenc.Encoder`` and ``Retriever.from_encoder``."""
 
 import json
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from dualenc.core import checkpoint
 from dualenc.core.config import RunConfig
 from dualenc.core.configio import load_config
 from dualenc.core.encode import encode_texts
+from dualenc.core.io import old_twin
 from dualenc.core.loop import StopRequested
 from dualenc.errors import ConfigError, DualencError
 from dualenc.registry.catalog import load_catalog
@@ -242,6 +244,18 @@ def test_encoder_encodes_as_evaluation_does(trained):
 def test_encoder_loads_a_run_folder_as_its_best_checkpoint(trained):
     encoder = dualenc.Encoder.load(trained.run_dir, plugins=[TinyPlugin])
     assert encoder.path == trained.best_checkpoint
+
+
+def test_a_best_checkpoint_whose_save_was_cut_short_loads_as_its_previous_version(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained.run_dir, run)
+    best = run / trained.best_checkpoint.name
+    best.rename(old_twin(best))  # killed between moving the old copy aside and the new one in
+    assert dualenc.Encoder.load(run, plugins=[TinyPlugin]).path == old_twin(best)
+
+    shutil.copytree(old_twin(best), run / checkpoint.best_name("val/other/mrr"))
+    with pytest.raises(DualencError, match="holds several best checkpoints"):
+        dualenc.Encoder.load(run, plugins=[TinyPlugin])
 
 
 def test_encoder_shows_a_progress_bar_on_request(trained, capsys):

@@ -176,14 +176,7 @@ def _checkpoint_folder(path: Path) -> Path | None:
         return resolved
     if not resolved.is_dir():
         raise DualencError(f"{path}: no such folder")
-    pattern = checkpoint.best_name("*")
-    # a save cut short may have left only the hidden twin of a best checkpoint
-    names = {p.name for p in path.glob(pattern)} | {p.name[1:-4] for p in path.glob(f".{pattern}.old")}
-    best = [
-        folder
-        for folder in sorted(checkpoint.resolve(path / name) for name in names)
-        if (folder / checkpoint.ENCODER_CONFIG).is_file()
-    ]
+    best = checkpoint.best_checkpoints(path)
     if len(best) > 1:
         raise DualencError(
             f"{path}: holds several best checkpoints ({', '.join(p.name for p in best)}); load one of them"

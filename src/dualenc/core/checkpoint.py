@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from dualenc import __version__
 from dualenc.core.best import BestMetric
-from dualenc.core.io import fsync_tree, old_twin, read_json, replace_dir, staged_dir
+from dualenc.core.io import fsync_tree, old_twin, read_json, replace_dir, staged_dir, twin_of
 from dualenc.core.training_record import TRAINING_JSON, write_training_record
 from dualenc.errors import DualencError
 
@@ -199,6 +199,17 @@ def resolve(directory: Path) -> Path:
     return directory
 
 
+def best_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete best checkpoints of a run folder, by name; one whose save was cut short
+    counts as its previous version (``resolve``)."""
+    pattern = best_name("*")
+    names = {p.name for p in run_dir.glob(pattern)} | {
+        twin_of(p).name for p in run_dir.glob(f".{pattern}.old")
+    }
+    found = (resolve(run_dir / name) for name in sorted(names))
+    return [folder for folder in found if (folder / ENCODER_CONFIG).is_file()]
+
+
 # in the names of the hidden folders saves build in: what ``remove_leftovers`` removes
 STAGING_MARK = ".tmp-"
 
@@ -234,8 +245,7 @@ def remove_leftovers(run_dir: Path) -> None:
         if STAGING_MARK in entry.name:
             log.info("removing %s, left by an interrupted save", entry)
             shutil.rmtree(entry)
-        elif entry.name.endswith(".old"):
-            target = entry.with_name(entry.name[1 : -len(".old")])
+        elif (target := twin_of(entry)) is not None:
             if target.exists():
                 shutil.rmtree(entry)
             else:

@@ -103,6 +103,14 @@ def old_twin(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
+def twin_of(old: Path) -> Path | None:
+    """The folder an ``old_twin`` keeps the previous version of; None for another name."""
+    old = Path(old)
+    if not (old.name.startswith(".") and old.name.endswith(".old")):
+        return None
+    return old.with_name(old.name[1 : -len(".old")])
+
+
 def replace_dir(staged: Path, target: Path) -> None:
     """Move the complete folder ``staged`` to ``target``, replacing it. At every instant
     ``target`` or its ``old_twin`` is a complete folder."""

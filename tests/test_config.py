@@ -155,6 +155,16 @@ SHIPPED = {
         "data.val_file": "data/stdlib/val.jsonl",
         "output_dir": "checkpoints/quickstart",
     },
+    "with_val_sets.yaml": {
+        "plugins.encoder": "hf",
+        "data.train_file": "data/stdlib/train.jsonl",
+        "data.val_sets.stdlib.file": "data/stdlib/val.jsonl",
+        "data.val_sets.cosqa.benchmark": "cosqa",
+        "data.val_sets.cosqa.split": "dev",
+        "train.best_metric": "val/cosqa/mrr",
+        "train.early_stopping_patience": 3,
+        "output_dir": "checkpoints/with-val-sets",
+    },
 }
 
 

@@ -1,4 +1,5 @@
-"""Pairs from source trees: docstring cleaning, filters, the split by file, stats, the CLI."""
+"""Pairs from source trees: docstring cleaning, filters, views, the split by file or package,
+roots and site-packages, deduplication across roots, stats, the CLI."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import re
 import sysconfig
 from pathlib import Path
 
+import attrs
 import pytest
 from click.testing import CliRunner
 
 from dualenc.commands.data import data
 from dualenc.core.data.extract import (
     ExtractOptions,
+    docstring_body,
     docstring_summary,
     extract_pairs,
     functions_in_source,
     scan_functions,
+    split_files_by_pairs,
 )
+from dualenc.core.data.packages import site_packages_roots
+from dualenc.core.data.views import QUERY_VIEWS, name_query, query_views, verb_query
+from dualenc.errors import DualencError
 
 
 @pytest.mark.parametrize(
@@ -212,9 +219,7 @@ def test_extract_pairs_on_a_synthetic_tree(tree: Path, tmp_path: Path):
 
 
 def test_min_lines_and_keep_docstring_options(tree: Path, tmp_path: Path):
-    extract_pairs(
-        [tree], tmp_path / "out", ExtractOptions(val_fraction=0.0, min_lines=2, keep_docstring=True)
-    )
+    extract_pairs([tree], tmp_path / "out", ExtractOptions(val_fraction=0.0, min_lines=2, docstring="keep"))
     pairs = {(pair["path"], pair["symbol"]): pair for pair in read_jsonl(tmp_path / "out" / "train.jsonl")}
     assert ("proj/pkg/a.py", "too_short") in pairs  # two lines of code: the def and the return
     assert '"""Add two numbers and return the result.' in pairs["proj/pkg/a.py", "add_numbers"]["code"]
@@ -354,3 +359,433 @@ def test_extract_that_finds_no_pairs_says_why_exits_2_and_writes_nothing(tmp_pat
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert re.search("error: .*" + message, result.output.strip()), result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+# --- query views -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("symbol", "query"),
+    [
+        ("JSONDecoder.raw_decode", "json decoder raw decode"),
+        ("getHTTPResponse", "get http response"),
+        ("parse_md5sum", "parse md 5 sum"),
+        ("Greeter.__init__", "greeter init"),
+        ("_private_helper", "private helper"),
+        ("decode", None),
+        ("f2", None),
+    ],
+)
+def test_name_view_splits_identifiers(symbol, query):
+    assert name_query(symbol) == query
+
+
+@pytest.mark.parametrize(
+    ("summary", "query"),
+    [
+        ("Returns the list of open files.", "return the list of open files"),
+        ("Gets x", "get x"),
+        ("Applies the patch to a tree.", "apply the patch to a tree"),
+        ("Pushes a frame on the stack.", "push a frame on the stack"),
+        ("Uses the cache when it can.", "use the cache when it can"),
+        ("Passes the value through.", "pass the value through"),
+        ("Fixes up line endings.", "fix up line endings"),
+        ("Matches a glob against a name.", "match a glob against a name"),
+        ("Closes the socket.", "close the socket"),
+        ("Normalizes a path.", "normalize a path"),
+        ("Caches the result on disk.", "cache the result on disk"),
+        ("Is the file open?", "is the file open?"),
+        ("Has the key been set.", "has the key been set"),
+        ("Does nothing at all.", "does nothing at all"),
+        ("Process the queue now.", "process the queue now"),
+        ("Status of the job here.", "status of the job here"),
+        ("JSON encoder for objects.", "JSON encoder for objects"),
+        ("Wait for the end...", "wait for the end..."),
+    ],
+)
+def test_verb_view_normalises_the_leading_verb(summary, query):
+    assert verb_query(summary) == query
+
+
+def test_query_views_apply_in_order_and_only_when_they_add_a_query():
+    assert query_views("Returns the sum.", "Adder.add_all", ("name", "summary", "verb")) == [
+        ("name", "adder add all"),
+        ("summary", "Returns the sum."),
+        ("verb", "return the sum"),
+    ]
+    # one-word name, and a summary already worded as a query: the summary only
+    assert query_views("return the sum", "add", QUERY_VIEWS) == [("summary", "return the sum")]
+
+
+VIEWS_MODULE = '''
+class JSONDecoder:
+    def raw_decode(self, s, idx=0):
+        """Decodes a JSON document from s.
+
+        Returns a 2-tuple of the value and the index where it ended.
+
+        :param s: the text
+        """
+        obj, end = self.scan_once(s, idx)
+        value = obj
+        return value, end
+
+
+def decode(text):
+    """Decode the text given to it."""
+    value = text.strip()
+    value = value.lower()
+    return value
+'''
+
+
+def test_every_view_is_a_row_and_views_of_a_function_share_its_split(tmp_path: Path):
+    many_files(tmp_path / "src", files=6, per_file=2)
+    write(tmp_path / "src" / "views.py", VIEWS_MODULE)
+    options = ExtractOptions(query_views=("summary", "name", "verb"), val_fraction=0.3, seed=3)
+    stats = extract_pairs([tmp_path / "src"], tmp_path / "out", options)
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
+    val = read_jsonl(tmp_path / "out" / "val.jsonl")
+    rows = {(row["symbol"], row["view"]): row["query"] for row in train + val}
+    assert rows["JSONDecoder.raw_decode", "summary"] == "Decodes a JSON document from s."
+    assert rows["JSONDecoder.raw_decode", "name"] == "json decoder raw decode"
+    assert rows["JSONDecoder.raw_decode", "verb"] == "decode a JSON document from s"
+    assert rows["decode", "verb"] == "decode the text given to it"
+    assert ("decode", "name") not in rows  # one word
+    # template functions: fn_0_1 -> "fn 0 1" is one word with letters
+    assert rows["fn_0_1", "verb"] == "compute the fn_0_1 transformation of a value"
+    assert stats.views == {"summary": 14, "verb": 14, "name": 1}
+    assert stats.pairs_kept == 29 == len(train) + len(val)
+    train_codes = {row["code"] for row in train}
+    assert not train_codes & {row["code"] for row in val}
+    assert all(row["view"] in QUERY_VIEWS for row in train + val)
+
+
+# --- docstring body ------------------------------------------------------------------------
+
+BODY_MODULE = """
+class Reader:
+    def read(self, path, size=-1):
+        '''Read the file at path.
+
+        Reads at most size bytes; all of it when size is negative.
+
+        :param path: the file
+        '''
+        with open(path) as f:
+            return f.read(size)
+
+
+def raw_pattern(text):
+    r'''Match a backslash pattern in text.
+
+    The pattern is \\d+ here, kept raw.
+    '''
+    found = text.find("x")
+    return found
+
+
+def only_summary(a, b):
+    \"\"\"Add two numbers and return them.\"\"\"
+    total = a + b
+    return total
+
+
+def signature_first(x, y):
+    \"\"\"signature_first(x, y) -> int
+
+    Add x to y and return the sum.
+
+    Both are ints.
+    \"\"\"
+    total = x + y
+    return total
+"""
+
+
+def test_docstring_body_keeps_all_but_the_summary():
+    assert docstring_body("Sum.\n\nMore.\n\n:param x: y") == "More.\n\n:param x: y"
+    assert docstring_body("Sum it\nall up.") is None
+    assert docstring_body("f(x) -> int\n\nAdd x.\n\nDetail.") == "f(x) -> int\n\nDetail."
+    assert docstring_body("Add x.\nParameters\n----------\nx : int") == "Parameters\n----------\nx : int"
+
+
+def test_body_mode_code_carries_the_docstring_without_its_summary():
+    functions = {f.symbol: f for f in functions_in_source(BODY_MODULE, "m.py", docstring="body")}
+    read = functions["Reader.read"].code
+    assert read == (
+        "def read(self, path, size=-1):\n"
+        "    '''Reads at most size bytes; all of it when size is negative.\n"
+        "\n"
+        "    :param path: the file\n"
+        "    '''\n"
+        "    with open(path) as f:\n"
+        "        return f.read(size)"
+    )
+    raw = functions["raw_pattern"].code
+    assert raw.startswith("def raw_pattern(text):\n    r'''The pattern is \\d+ here, kept raw.'''\n")
+    assert functions["only_summary"].code == "def only_summary(a, b):\n    total = a + b\n    return total"
+    for function in functions.values():
+        parsed = ast.parse(function.code).body[0]
+        body = docstring_body(function.docstring)
+        assert ast.get_docstring(parsed) == body
+        assert docstring_summary(function.docstring) not in function.code
+    assert functions["signature_first"].lines_of_code == 3  # the docstring is not counted
+
+
+def test_body_mode_escapes_what_a_literal_cannot_hold():
+    source = 'def f(x):\n    r"""Sum up x.\n\n    Ends in a backslash \\\\"""\n    y = x\n    return y\n'
+    (function,) = functions_in_source(source, "m.py", docstring="body")
+    assert ast.get_docstring(ast.parse(function.code).body[0]) == "Ends in a backslash \\\\"
+
+
+def test_body_mode_on_the_standard_library_parses_and_hides_the_query(tmp_path: Path):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [stdlib / name for name in ("textwrap.py", "shlex.py", "argparse.py", "fnmatch.py")]
+    extract_pairs(files, tmp_path / "out", ExtractOptions(val_fraction=0.0, docstring="body"))
+    pairs = read_jsonl(tmp_path / "out" / "train.jsonl")
+    with_body = 0
+    for pair in pairs:
+        parsed = ast.parse(pair["code"]).body[0]
+        with_body += ast.get_docstring(parsed) is not None
+        assert pair["query"] not in pair["code"]
+    assert with_body >= 5
+
+
+# --- roots, packages, site-packages --------------------------------------------------------
+
+
+def package_tree(root: Path, packages: dict[str, int], start: int = 0) -> None:
+    """A package per name with ``count`` distinct functions, in its ``__init__.py`` and ``core.py``."""
+    for p, (name, count) in enumerate(sorted(packages.items())):
+        modules = {"__init__.py": "", "core.py": ""}
+        for i in range(count):
+            function = FUNCTION_TEMPLATE.format(name=f"{name}_fn_{i}", number=start + p * 1000 + i)
+            modules["__init__.py" if i % 2 else "core.py"] += function
+        for module, text in modules.items():
+            write(root / name / module, text)
+
+
+def test_split_by_package_keeps_each_package_on_one_side(tmp_path: Path):
+    package_tree(tmp_path / "src", {f"pkg{i}": 4 for i in range(10)})
+    stats = extract_pairs(
+        [tmp_path / "src"], tmp_path / "out", ExtractOptions(split_by="package", val_fraction=0.2, seed=1)
+    )
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
+    val = read_jsonl(tmp_path / "out" / "val.jsonl")
+    package = lambda row: row["path"].split("/")[1]  # noqa: E731
+    assert not {package(row) for row in train} & {package(row) for row in val}
+    assert (stats.train_pairs, stats.val_pairs) == (32, 8)
+    assert stats.packages["val"] == sorted({package(row) for row in val}) and len(stats.packages["val"]) == 2
+    assert stats.split_by == "package"
+
+
+def test_split_by_package_passes_over_a_package_bigger_than_the_share(tmp_path: Path):
+    package_tree(tmp_path / "src", {"huge": 30, **{f"pkg{i}": 4 for i in range(10)}})
+    for seed in range(4):
+        out = tmp_path / f"out{seed}"
+        stats = extract_pairs([tmp_path / "src"], out, ExtractOptions(split_by="package", seed=seed))
+        # 70 pairs: a 10% share is 7, 7.7 at most: one small package (two would be 8), never "huge"
+        assert "huge" in stats.packages["train"] and stats.val_pairs == 4
+        assert len(stats.packages["val"]) == 1
+    assert split_files_by_pairs({"a": 10, "b": 10}, 0.1, 0, max_overshoot=0.1) in ({"a"}, {"b"})
+
+
+def fake_site_packages(site: Path) -> None:
+    package_tree(site, {"alpha": 3, "beta": 2, "gamma": 2})
+    write(site / "single_mod.py", FUNCTION_TEMPLATE.format(name="single", number=9001))
+    write(site / "alpha-1.0.dist-info" / "RECORD", "alpha/__init__.py,,\n")
+    write(site / "beta-2.0.egg-info" / "top.py", FUNCTION_TEMPLATE.format(name="egg", number=9002))
+    write(site / "__pycache__" / "x.py", FUNCTION_TEMPLATE.format(name="cached", number=9003))
+    write(site / "alpha.pth", "/somewhere\n")
+    write(site / "__editable___x_finder.py", FUNCTION_TEMPLATE.format(name="finder", number=9004))
+    write(site / "compiled.cpython-311-x86_64-linux-gnu.so", b"\x7fELF")
+    write(site / "data_only" / "table.csv", "a,b\n")
+    # a namespace package: no __init__.py, one package all the same
+    write(site / "nspace" / "sub" / "mod.py", FUNCTION_TEMPLATE.format(name="namespaced", number=9005))
+
+
+def test_site_packages_roots_are_the_importable_packages(tmp_path: Path):
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    fake_site_packages(site)
+    expected = [site / "alpha", site / "beta", site / "gamma", site / "nspace", site / "single_mod.py"]
+    assert site_packages_roots(venv) == expected
+    assert site_packages_roots(site) == expected
+    with pytest.raises(DualencError, match=r"--site-packages .*empty: no Python package or module"):
+        (tmp_path / "empty").mkdir()
+        site_packages_roots(tmp_path / "empty")
+
+
+def test_exclude_holdout_and_per_root_stats(tmp_path: Path):
+    site = tmp_path / "site-packages"
+    fake_site_packages(site)
+    roots = site_packages_roots(site)
+    options = ExtractOptions(split_by="package", val_fraction=0.0, exclude=("gam*",), holdout=("beta",))
+    stats = extract_pairs(roots, tmp_path / "out", options)
+    train = read_jsonl(tmp_path / "out" / "train.jsonl")
+    heldout = read_jsonl(tmp_path / "out" / "heldout.jsonl")
+    assert {row["symbol"] for row in heldout} == {"beta_fn_0", "beta_fn_1"}
+    assert {row["symbol"] for row in train} == {
+        "alpha_fn_0",
+        "alpha_fn_1",
+        "alpha_fn_2",
+        "namespaced",
+        "single",
+    }
+    assert stats.excluded_packages == ["gamma"]
+    assert stats.packages == {"train": ["alpha", "nspace", "single_mod"], "val": [], "heldout": ["beta"]}
+    assert stats.roots["alpha"] == {
+        "files_read": 2,
+        "functions_seen": 3,
+        "pairs_kept": 3,
+        "duplicate_code": 0,
+        "train_pairs": 3,
+        "val_pairs": 0,
+        "heldout_pairs": 0,
+    }
+    assert stats.roots["gamma"]["files_read"] == 0 and stats.roots["beta"]["heldout_pairs"] == 2
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["roots"] == stats.roots
+    # without --holdout a stale heldout.jsonl goes, so the folder matches its stats.json
+    extract_pairs(roots, tmp_path / "out", ExtractOptions())
+    assert not (tmp_path / "out" / "heldout.jsonl").exists()
+    with pytest.raises(DualencError, match=r"--holdout 'nope\*': matches none of the 5 packages read"):
+        extract_pairs(roots, tmp_path / "other", ExtractOptions(holdout=("nope*",)))
+
+
+SHARED = FUNCTION_TEMPLATE.format(name="shared", number=77)
+
+
+def test_dedup_across_roots_first_root_wins_but_heldout_keeps_its_codes(tmp_path: Path):
+    for start, name in enumerate(("aaa", "bbb", "ccc")):
+        package_tree(tmp_path / name, {name: 2}, start=start * 100)
+        write(tmp_path / name / name / "shared.py", SHARED)
+    roots = [tmp_path / "aaa" / "aaa", tmp_path / "bbb" / "bbb", tmp_path / "ccc" / "ccc"]
+    plain = extract_pairs(roots, tmp_path / "plain", ExtractOptions(val_fraction=0.0))
+    train = read_jsonl(tmp_path / "plain" / "train.jsonl")
+    assert [row["path"] for row in train if row["symbol"] == "shared"] == ["aaa/shared.py"]
+    assert plain.skipped_functions["duplicate_code"] == 2
+    assert [plain.roots[name]["duplicate_code"] for name in ("aaa", "bbb", "ccc")] == [0, 1, 1]
+
+    # the copy in held-out ccc is kept there and dropped from aaa and bbb
+    held = extract_pairs(roots, tmp_path / "held", ExtractOptions(val_fraction=0.0, holdout=("ccc",)))
+    train = read_jsonl(tmp_path / "held" / "train.jsonl")
+    heldout = read_jsonl(tmp_path / "held" / "heldout.jsonl")
+    assert [row["path"] for row in heldout if row["symbol"] == "shared"] == ["ccc/shared.py"]
+    assert not {row["code"] for row in train} & {row["code"] for row in heldout}
+    assert "shared" not in {row["symbol"] for row in train}
+    assert (
+        held.skipped_functions["duplicate_of_heldout"] == 2 and "duplicate_code" not in held.skipped_functions
+    )
+    # summaries of the template are unique but "Compute the shared ..." is a shared query text
+    assert held.shared_queries == {"val": 0, "heldout": 0}
+
+
+def test_train_queries_equal_to_heldout_queries_are_counted(tmp_path: Path):
+    doc = '"""Return the value as a string."""'
+    for name, body in (("aaa", "str(v)"), ("bbb", "repr(v)")):
+        write(tmp_path / f"{name}.py", f"def to_text(v):\n    {doc}\n    s = {body}\n    return s\n")
+    stats = extract_pairs(
+        [tmp_path / "aaa.py", tmp_path / "bbb.py"],
+        tmp_path / "out",
+        ExtractOptions(val_fraction=0.0, holdout=("bbb",)),
+    )
+    assert stats.shared_queries == {"val": 0, "heldout": 1} and stats.train_pairs == 1
+
+
+def test_parallel_extraction_equals_serial(tmp_path: Path):
+    site = tmp_path / "site-packages"
+    fake_site_packages(site)
+    write(site / "alpha" / "dup.py", FUNCTION_TEMPLATE.format(name="gamma_fn_0", number=2000))
+    roots = site_packages_roots(site)
+    options = ExtractOptions(
+        split_by="package", val_fraction=0.3, query_views=QUERY_VIEWS, holdout=("gamma",)
+    )
+    serial = extract_pairs(roots, tmp_path / "serial", options, workers=1)
+    parallel = extract_pairs(roots, tmp_path / "parallel", options, workers=2)
+    for name in ("train.jsonl", "val.jsonl", "heldout.jsonl"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes()
+    assert attrs.evolve(serial, seconds=0) == attrs.evolve(parallel, seconds=0)
+    assert serial.skipped_functions["duplicate_of_heldout"] == 1
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_site_packages_split_by_package_prints_the_roots(tmp_path: Path):
+    site = tmp_path / "site-packages"
+    fake_site_packages(site)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        data,
+        [
+            "extract",
+            "--site-packages",
+            str(site),
+            "--split-by",
+            "package",
+            "--holdout",
+            "gamma",
+            "--query-views",
+            "summary,verb",
+            "--docstring",
+            "body",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("root "))
+    assert [line.split()[0] for line in lines[header + 1 : header + 6]] == [
+        "alpha",
+        "beta",
+        "gamma",
+        "nspace",
+        "single_mod.py",
+    ]
+    assert "views: summary 9, verb 9" in result.output
+    assert "heldout: 4 pairs from 1 packages (gamma)" in result.output
+    assert len(read_jsonl(out / "heldout.jsonl")) == 4
+
+
+def test_cli_lists_at_most_15_roots(tmp_path: Path):
+    for i in range(17):
+        write(
+            tmp_path / "site-packages" / f"mod{i:02d}.py", FUNCTION_TEMPLATE.format(name=f"fn{i}", number=i)
+        )
+    result = CliRunner().invoke(
+        data, ["extract", "--site-packages", str(tmp_path / "site-packages"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "... and 2 more roots" in result.output and "mod14.py" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--query-views", "summary,title"],
+            r"--query-views.*unknown view 'title'; views are: summary, name, verb",
+        ),
+        (["--query-views", "name,name"], r"--query-views.*distinct views"),
+        (["--docstring", "body", "--keep-docstring"], r"--keep-docstring contradicts --docstring body"),
+        (["--split-by", "module"], r"--split-by"),
+        (["--site-packages", "{empty}"], r"--site-packages .*empty: no Python package or module in it"),
+        (["--site-packages", "{missing}"], r"'.*missing' does not exist"),
+        ([], r"give a SRC folder or file, or --site-packages DIR"),
+        (["{src}", "--holdout", "zzz*"], r"--holdout 'zzz\*': matches none of the 2 packages read"),
+    ],
+)
+def test_cli_errors_exit_2_naming_the_option(tmp_path: Path, args, message):
+    from dualenc.cli import cli
+
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "src" / "one.py", FUNCTION_TEMPLATE.format(name="one", number=1))
+    write(tmp_path / "src" / "two.py", FUNCTION_TEMPLATE.format(name="two", number=2))
+    places = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "src": tmp_path / "src"}
+    args = [arg.format(**places) for arg in args]
+    result = CliRunner().invoke(cli, ["data", "extract", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, " ".join(result.output.split())), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

@@ -2,29 +2,38 @@
 
 Every function and method is read with ``ast``. The query is its docstring's summary (the
 first paragraph, with reST/Sphinx markup, field lists and doctests removed); the code is its
-source with the docstring taken out, so the query is never a substring of its own code.
+source with the docstring taken out (or kept, or kept without its summary: ``docstring``), so
+the query is never a substring of its own code. Each function can give more than one query
+(``query_views``, see ``views.py``).
 
-Pairs are split into train and validation *by source file*, so that no validation function
-shares a file (and its helpers, naming, copied snippets) with the training set.
+Several roots (folders or files, e.g. every package of a site-packages folder) are read in the
+order given; a code seen in an earlier root is a duplicate. Pairs are split into train and
+validation *by source file* or *by top-level package* (``packages.py``), so that no validation
+function shares a file or package (its helpers, naming, copied snippets) with the training set;
+held-out packages go to a third file that no other split shares a code with.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 import time
 import tokenize
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import attrs
 import numpy as np
 
+from dualenc.core.data.packages import matches_any, package_of, root_is_package, root_names
+from dualenc.core.data.views import QUERY_VIEWS, query_views
 from dualenc.core.io import atomic_write_json, atomic_write_jsonl
 from dualenc.errors import DualencError
-from dualenc.validators import at_least, at_most
+from dualenc.validators import at_least, at_most, one_of
 
 # Folder names never descended into: tests, vendored or installed copies, build output.
 DEFAULT_SKIP_DIRS: frozenset[str] = frozenset(
@@ -57,6 +66,18 @@ _GENERATED_TEXT = re.compile(
 )
 
 
+DOCSTRING_MODES = ("strip", "keep", "body")
+SPLIT_UNITS = ("file", "package")
+
+
+def _check_views(views: tuple[str, ...]) -> None:
+    unknown = [view for view in views if view not in QUERY_VIEWS]
+    if unknown or not views or len(set(views)) < len(views):
+        raise ValueError(
+            f"must be distinct names among {', '.join(QUERY_VIEWS)} (got {', '.join(views) or 'none'})"
+        )
+
+
 @attrs.frozen
 class ExtractOptions:
     # a function needs at least this many lines of code (the docstring, blank and
@@ -64,9 +85,20 @@ class ExtractOptions:
     min_lines: int = attrs.field(default=3, validator=at_least(1))
     # a summary needs at least this many words (runs of two or more letters)
     min_summary_words: int = attrs.field(default=3, validator=at_least(1))
-    # keep the docstring in the code (the query is then part of its own code)
-    keep_docstring: bool = False
-    # share of pairs (approximately: whole files move) that go to validation
+    # the docstring in the code: "strip" it, "keep" it (the query is then part of its own
+    # code), or keep its "body", all but the summary paragraph that is the query
+    docstring: str = attrs.field(default="strip", validator=one_of(*DOCSTRING_MODES))
+    # the queries of each function, one pair each (views.py)
+    query_views: tuple[str, ...] = attrs.field(
+        default=("summary",), converter=tuple, validator=lambda _, __, value: _check_views(value)
+    )
+    # what moves between train and validation as a whole: a source "file" or a "package"
+    split_by: str = attrs.field(default="file", validator=one_of(*SPLIT_UNITS))
+    # top-level packages (fnmatch patterns) not read at all, and those whose pairs go to
+    # heldout.jsonl only
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    holdout: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    # share of pairs (approximately: whole files or packages move) that go to validation
     val_fraction: float = attrs.field(default=0.1, validator=[at_least(0.0), at_most(0.9)])
     seed: int = 0
     skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS
@@ -108,6 +140,16 @@ class ExtractStats:
     train_files: int
     val_files: int
     seconds: float
+    split_by: str = "file"
+    heldout_pairs: int = 0
+    views: dict[str, int] = attrs.Factory(dict)  # view -> pairs, all splits
+    # top-level packages by side, and those --exclude left unread
+    packages: dict[str, list[str]] = attrs.Factory(dict)
+    excluded_packages: list[str] = attrs.Factory(list)
+    # train pairs whose query text is also a query in val / in heldout (kept: see README)
+    shared_queries: dict[str, int] = attrs.Factory(dict)
+    # root name -> files_read, functions_seen, pairs_kept, duplicate_code, *_pairs
+    roots: dict[str, dict[str, int]] = attrs.Factory(dict)
 
     def as_dict(self) -> dict:
         return attrs.asdict(self)
@@ -178,6 +220,30 @@ def _ends_paragraph(line: str) -> bool:
     )
 
 
+def _summary_rows(rows: list[str]) -> tuple[list[str], int, int]:
+    """The summary paragraph of a docstring's rows: (its stripped lines, first row, end row)."""
+    paragraph: list[str] = []
+    start = 0
+    for row, raw in enumerate(rows):
+        line = raw.strip()
+        if _UNDERLINE.match(line):  # NumPy section: the header is the line above
+            if paragraph:
+                paragraph.pop()
+                return paragraph, start, row - 1
+            return paragraph, start, row
+        if not line or _ends_paragraph(line):
+            if len(paragraph) == 1 and _SIGNATURE.match(paragraph[0]) and not line:
+                paragraph = []
+                continue
+            if paragraph or line:
+                return paragraph, start, row
+            continue
+        if not paragraph:
+            start = row
+        paragraph.append(line)
+    return paragraph, start, len(rows)
+
+
 def docstring_summary(docstring: str) -> str:
     """The first paragraph of a cleaned docstring, as plain one-line text.
 
@@ -185,22 +251,27 @@ def docstring_summary(docstring: str) -> str:
     ``@param``) or a Google/NumPy section header. A first paragraph that is only a call
     signature (``f(x, y) -> int``, common in C-style docstrings) is passed over.
     """
-    paragraph: list[str] = []
-    for raw in docstring.expandtabs().split("\n"):
-        line = raw.strip()
-        if _UNDERLINE.match(line):  # NumPy section: the header is the line above
-            if paragraph:
-                paragraph.pop()
-            break
-        if not line or _ends_paragraph(line):
-            if len(paragraph) == 1 and _SIGNATURE.match(paragraph[0]) and not line:
-                paragraph = []
-                continue
-            if paragraph or line:
-                break
-            continue
-        paragraph.append(line)
+    paragraph, _, _ = _summary_rows(docstring.expandtabs().split("\n"))
     return clean_markup(" ".join(paragraph))
+
+
+def docstring_body(docstring: str) -> str | None:
+    """A cleaned docstring without its summary paragraph; None when nothing else is in it.
+
+    What comes before the summary (a passed-over call signature) stays, as does everything
+    after it: parameters, details, examples.
+    """
+    rows = docstring.expandtabs().split("\n")
+    paragraph, start, end = _summary_rows(rows)
+    head, tail = (rows[:start], rows[end:]) if paragraph else ([], rows)
+    if head and tail and not head[-1].strip() and not tail[0].strip():
+        tail = tail[1:]  # one blank line where the summary was, not two
+    rest = head + tail
+    while rest and not rest[0].strip():
+        rest.pop(0)
+    while rest and not rest[-1].strip():
+        rest.pop()
+    return "\n".join(rest) if rest else None
 
 
 def count_words(text: str) -> int:
@@ -215,27 +286,34 @@ def is_test_file(name: str) -> bool:
     return name.startswith("test_") or name.endswith("_test.py") or name in {"conftest.py", "tests.py"}
 
 
-def iter_python_files(root: Path, skip_dirs: frozenset[str], counts: Counter) -> Iterator[tuple[Path, str]]:
+def iter_python_files(
+    root: Path,
+    skip_dirs: frozenset[str],
+    counts: Counter,
+    skip_top: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[Path, str]]:
     """(file, display path) for every ``.py`` file under ``root`` in sorted order.
 
     Only folders *below* ``root`` are matched against ``skip_dirs``: a tree that itself
     lives under ``build/`` is still read. Hidden folders and ``*.egg-info`` are skipped too.
+    ``skip_top`` leaves out entries right below ``root`` by name (a folder, a module's stem).
     """
     root_name = root.resolve().name
     if root.is_file():
         yield root, root_name
         return
     for directory, dirnames, filenames in os.walk(root):
+        top = directory == str(root) and skip_top is not None
         kept = []
         for name in sorted(dirnames):
             if name in skip_dirs or name.startswith(".") or name.endswith(".egg-info"):
                 counts["skipped_dirs"] += 1
-            else:
+            elif not (top and skip_top(name)):
                 kept.append(name)
         dirnames[:] = kept
         relative = Path(directory).relative_to(root)
         for name in sorted(filenames):
-            if name.endswith(".py"):
+            if name.endswith(".py") and not (top and skip_top(name[:-3])):
                 yield Path(directory) / name, (Path(root_name) / relative / name).as_posix()
 
 
@@ -284,12 +362,39 @@ def _is_code_line(line: str) -> bool:
     return bool(stripped) and not stripped.startswith("#")
 
 
+_STRING_PREFIX = re.compile(r"[rRuUbBfF]*")
+
+
+def _docstring_literal(text: str, opening: str, indent: str) -> list[str]:
+    """Source lines of a triple-quoted string literal whose value is ``text``.
+
+    ``opening`` is the original literal's source, whose prefix and quote character are kept;
+    continuation lines get ``indent``, so ``inspect.cleandoc`` of the new literal's value is
+    ``text``. A raw literal that cannot hold the text as it is (a triple quote or a final
+    backslash or quote in it) is written with escapes instead.
+    """
+    prefix = _STRING_PREFIX.match(opening).group(0)
+    quote = opening[len(prefix)] if len(opening) > len(prefix) else '"'
+    raw = "r" in prefix.lower()
+    if raw and (quote * 3 in text or text.endswith(("\\", quote))):
+        raw, prefix = False, prefix.replace("r", "").replace("R", "")
+    if not raw:
+        text = text.replace("\\", "\\\\").replace(quote * 3, quote * 2 + "\\" + quote)
+        if text.endswith(quote):
+            text = text[:-1] + "\\" + quote
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return [f"{indent}{prefix}{quote * 3}{lines[0]}{quote * 3}"]
+    body = [f"{indent}{line}" if line.strip() else "" for line in lines[1:]]
+    return [f"{indent}{prefix}{quote * 3}{lines[0]}", *body, f"{indent}{quote * 3}"]
+
+
 def _function_record(
     node: ast.FunctionDef | ast.AsyncFunctionDef,
     symbol: str,
     lines: list[str],
     path: str,
-    keep_docstring: bool,
+    docstring_mode: str,
 ) -> FunctionRecord:
     first = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
     source = lines[first : node.end_lineno]  # a copy: the docstring is cut out of it below
@@ -304,7 +409,14 @@ def _function_record(
         after = after[1:].lstrip() if after.startswith(";") else after
         shares_lines = bool(before.strip() or after)
         docstring_rows = range(start + bool(before.strip()), end + 1 - bool(after))
-        if not keep_docstring:
+        # a docstring on a line with code is a one-liner in practice: no body to keep
+        body = docstring_body(docstring) if docstring_mode == "body" and not shares_lines else None
+        if body is not None and docstring_summary(docstring) in body:
+            body = None  # the summary said again below it: the query would be in its code
+        if body is not None:
+            opening = _utf8_slice(source[start], doc.col_offset)
+            source[start : end + 1] = _docstring_literal(body, opening, before)
+        elif docstring_mode != "keep":
             # a body that is only its docstring gets "...", so the code still parses
             replacement = "..." if docstring_only else ""
             if shares_lines:
@@ -335,12 +447,16 @@ def _function_record(
     )
 
 
-def functions_in_source(text: str, path: str, keep_docstring: bool = False) -> list[FunctionRecord]:
-    """Every module- and class-level function of one file's source. Raises SyntaxError."""
+def functions_in_source(text: str, path: str, docstring: str = "strip") -> list[FunctionRecord]:
+    """Every module- and class-level function of one file's source. Raises SyntaxError.
+
+    ``docstring``: what the code keeps of it, ``strip``, ``keep`` or ``body`` (all but the
+    summary paragraph).
+    """
     tree = ast.parse(text)
     lines = text.split("\n")
     return [
-        _function_record(node, symbol, lines, path, keep_docstring)
+        _function_record(node, symbol, lines, path, docstring)
         for node, symbol in _iter_function_nodes(tree.body, "")
     ]
 
@@ -350,7 +466,7 @@ def _looks_generated(text: str) -> bool:
     return any(_GENERATED_COMMENT.match(line) or _GENERATED_TEXT.search(line) for line in head)
 
 
-def _scan_file(file: Path, display: str, keep_docstring: bool) -> tuple[str | None, list[FunctionRecord]]:
+def _scan_file(file: Path, display: str, docstring: str) -> tuple[str | None, list[FunctionRecord]]:
     """(reason the file was skipped or None, its functions)."""
     if is_test_file(file.name):
         return "test_file", []
@@ -358,7 +474,7 @@ def _scan_file(file: Path, display: str, keep_docstring: bool) -> tuple[str | No
         text = read_python_source(file)
         if _looks_generated(text):
             return "generated", []
-        return None, functions_in_source(text, display, keep_docstring)
+        return None, functions_in_source(text, display, docstring)
     # a file Python itself could not import: bad syntax or encoding, NUL bytes, too deep
     except (SyntaxError, UnicodeDecodeError, LookupError, ValueError, RecursionError, MemoryError):
         return "unparsable", []
@@ -366,10 +482,15 @@ def _scan_file(file: Path, display: str, keep_docstring: bool) -> tuple[str | No
         return "unreadable", []
 
 
+def _check_exists(root: Path) -> None:
+    if not root.exists():
+        raise DualencError(f"{root}: no such file or directory")
+
+
 def scan_functions(
     sources: Sequence[Path],
     *,
-    keep_docstring: bool = True,
+    docstring: str = "keep",
     skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
 ) -> SourceScan:
     """Every function of every ``.py`` file under ``sources`` (folders or files).
@@ -382,10 +503,9 @@ def scan_functions(
     functions: list[FunctionRecord] = []
     for root in sources:
         root = Path(root)
-        if not root.exists():
-            raise DualencError(f"{root}: no such file or directory")
+        _check_exists(root)
         for file, display in iter_python_files(root, skip_dirs, counts):
-            reason, found = _scan_file(file, display, keep_docstring)
+            reason, found = _scan_file(file, display, docstring)
             counts["files_read"] += reason != "test_file"
             if reason is not None:
                 skipped.setdefault(reason, []).append(display)
@@ -415,105 +535,310 @@ def _pair_or_reason(function: FunctionRecord, options: ExtractOptions) -> tuple[
     return None, summary
 
 
-def split_files_by_pairs(pair_counts: dict[str, int], val_fraction: float, seed: int) -> set[str]:
-    """The files whose pairs form the validation set.
+@attrs.frozen
+class Candidate:
+    """A function that passed the filters, with its queries: a pair per view if kept."""
+
+    package: str
+    key: bytes  # digest of the code with whitespace collapsed: equal keys are duplicates
+    path: str
+    symbol: str
+    line: int
+    code: str
+    queries: list[tuple[str, str]]  # (view, query)
+
+
+@attrs.frozen
+class RootScan:
+    """One root's functions as pair candidates, before deduplication across roots."""
+
+    files_read: int
+    skipped_files: dict[str, int]
+    skipped_dirs: int
+    functions_seen: int
+    skipped_functions: dict[str, int]  # by the filters, not deduplication
+    packages: list[str]  # the top-level packages of the files read
+    excluded: list[str]  # top-level packages that --exclude left unread
+    candidates: list[Candidate]
+
+
+def scan_root(root: Path, options: ExtractOptions) -> RootScan:
+    """The pair candidates of one root; a root or entry below it matching ``exclude`` is not read."""
+    root = Path(root)
+    package_root = root_is_package(root)
+    excluded: set[str] = set()
+    own_name = package_of(root.resolve().name, True)
+    if package_root and matches_any(own_name, options.exclude):
+        return RootScan(
+            files_read=0,
+            skipped_files={},
+            skipped_dirs=0,
+            functions_seen=0,
+            skipped_functions={},
+            packages=[],
+            excluded=[own_name],
+            candidates=[],
+        )
+
+    def skip_top(name: str) -> bool:
+        if matches_any(name, options.exclude):
+            excluded.add(name)
+            return True
+        return False
+
+    counts: Counter = Counter()
+    skipped_files: Counter = Counter()
+    skipped_functions: Counter = Counter()
+    packages: set[str] = set()
+    candidates: list[Candidate] = []
+    functions_seen = 0
+    top_filter = skip_top if options.exclude and not package_root else None
+    for file, display in iter_python_files(root, options.skip_dirs, counts, top_filter):
+        reason, found = _scan_file(file, display, options.docstring)
+        if reason != "test_file":
+            counts["files_read"] += 1
+            packages.add(package_of(display, package_root))
+        if reason is not None:
+            skipped_files[reason] += 1
+        functions_seen += len(found)
+        for function in found:
+            skip, summary = _pair_or_reason(function, options)
+            if skip is not None:
+                skipped_functions[skip] += 1
+                continue
+            normalised = " ".join(function.code.split()).encode("utf-8", errors="surrogatepass")
+            candidates.append(
+                Candidate(
+                    package=package_of(display, package_root),
+                    key=hashlib.blake2b(normalised, digest_size=16).digest(),
+                    path=function.path,
+                    symbol=function.symbol,
+                    line=function.line,
+                    code=function.code,
+                    queries=query_views(summary, function.symbol, options.query_views),
+                )
+            )
+    return RootScan(
+        files_read=counts["files_read"],
+        skipped_files=dict(skipped_files),
+        skipped_dirs=counts["skipped_dirs"],
+        functions_seen=functions_seen,
+        skipped_functions=dict(skipped_functions),
+        packages=sorted(packages),
+        excluded=sorted(excluded),
+        candidates=candidates,
+    )
+
+
+def scan_roots(roots: Sequence[Path], options: ExtractOptions, workers: int = 1) -> list[RootScan]:
+    """``scan_root`` of each root, in the order given; ``workers`` > 1 reads roots in parallel."""
+    if workers <= 1 or len(roots) <= 1:
+        return [scan_root(root, options) for root in roots]
+    with ProcessPoolExecutor(max_workers=min(workers, len(roots))) as pool:
+        return list(pool.map(scan_root, roots, [options] * len(roots), chunksize=1))
+
+
+# a package that would take validation this far past its share is passed over (split by package)
+PACKAGE_OVERSHOOT = 0.1
+
+
+def split_files_by_pairs(
+    pair_counts: dict[str, int], val_fraction: float, seed: int, max_overshoot: float | None = None
+) -> set[str]:
+    """The files (or packages) whose pairs form the validation set.
 
     Files are taken in a seeded random order until their pairs reach ``val_fraction`` of
     all pairs; with two or more files and a positive fraction, each side gets at least one.
+    With ``max_overshoot``, a file that would take validation past ``(1 + max_overshoot)``
+    times that share is passed over (when all are, the first in the order is taken): one
+    big package (torch is 17% of a virtualenv's pairs) would otherwise be all of it.
     """
     files = sorted(pair_counts)
     if val_fraction <= 0 or len(files) < 2:
         return set()
     target = val_fraction * sum(pair_counts.values())
+    order = [files[index] for index in np.random.default_rng(seed).permutation(len(files))]
     val: set[str] = set()
     taken = 0
-    for index in np.random.default_rng(seed).permutation(len(files)):
+    for name in order:
         if val and (taken >= target or len(val) == len(files) - 1):
             break
-        val.add(files[index])
-        taken += pair_counts[files[index]]
-    return val
+        if max_overshoot is not None and taken + pair_counts[name] > (1 + max_overshoot) * target:
+            continue
+        val.add(name)
+        taken += pair_counts[name]
+    return val or {order[0]}
 
 
-def _why_no_pairs(sources: Sequence[Path], scan: SourceScan, skipped_functions: Counter) -> str:
+def _describe_roots(roots: Sequence[Path]) -> str:
+    shown = ", ".join(str(root) for root in roots[:3])
+    return shown if len(roots) <= 3 else f"{len(roots)} roots ({shown}, ...)"
+
+
+def _why_no_pairs(where: str, scans: Sequence[RootScan], skipped_functions: Counter) -> str:
     """The message of an extraction that kept no pair: what was read and why nothing came of it."""
-    where = ", ".join(str(source) for source in sources)
-    if scan.files_read == 0:
-        tests = len(scan.skipped_files.get("test_file", []))
+    files_read = sum(scan.files_read for scan in scans)
+    skipped_files: Counter = Counter()
+    for scan in scans:
+        skipped_files.update(scan.skipped_files)
+    if files_read == 0:
+        tests = skipped_files["test_file"]
         return f"{where}: no pairs: no Python source files found" + (
             f" ({tests} test files are skipped)" if tests else ""
         )
-    if not scan.functions:
-        skipped = {r: len(paths) for r, paths in sorted(scan.skipped_files.items()) if r != "test_file"}
-        if len(skipped) == 1 and sum(skipped.values()) == scan.files_read:
+    functions_seen = sum(scan.functions_seen for scan in scans)
+    if not functions_seen:
+        skipped = {r: count for r, count in sorted(skipped_files.items()) if r != "test_file"}
+        if len(skipped) == 1 and sum(skipped.values()) == files_read:
             detail = f"all {next(iter(skipped))}"
         else:
             listed = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
             detail = "no function in them" + (f" ({listed})" if listed else "")
-        return f"{where}: no pairs: {scan.files_read} files read, {detail}"
+        return f"{where}: no pairs: {files_read} files read, {detail}"
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped_functions.items()))
     return (
-        f"{where}: no pairs: {scan.files_read} files read, {len(scan.functions)} functions, none kept "
+        f"{where}: no pairs: {files_read} files read, {functions_seen} functions, none kept "
         f"({reasons}); pairs need a docstring summary and at least --min-lines lines of code"
     )
 
 
-def extract_pairs(
-    sources: Sequence[Path], out_dir: Path, options: ExtractOptions = ExtractOptions()
-) -> ExtractStats:
-    """Write ``train.jsonl``, ``val.jsonl`` and ``stats.json`` into ``out_dir``.
+SIDES = ("train", "val", "heldout")
 
-    Each line: ``{"query", "code", "path", "symbol", "line"}``. Codes that are equal after
-    collapsing whitespace are kept once (the first in sorted path order). Finding no pair at
-    all is a ``DualencError`` saying why, and writes nothing.
+
+def extract_pairs(
+    sources: Sequence[Path],
+    out_dir: Path,
+    options: ExtractOptions = ExtractOptions(),
+    workers: int = 1,
+) -> ExtractStats:
+    """Write ``train.jsonl``, ``val.jsonl``, ``stats.json`` (and ``heldout.jsonl``) into ``out_dir``.
+
+    Each line: ``{"query", "code", "path", "symbol", "line", "view"}``, one per query view of
+    a function. Codes that are equal after collapsing whitespace are kept once: the first in
+    root order, then sorted path order, except that a code in a held-out package is kept
+    there and dropped from the other packages (``duplicate_of_heldout``), so the held-out
+    set does not depend on what else is read. ``heldout.jsonl`` is written when
+    ``options.holdout`` is set. Finding no pair at all, or a holdout pattern matching no
+    package read, is a ``DualencError`` saying why, and writes nothing. ``workers`` > 1
+    reads the roots in parallel processes; the output is the same.
     """
     started = time.perf_counter()
-    scan = scan_functions(sources, keep_docstring=options.keep_docstring, skip_dirs=options.skip_dirs)
+    roots = [Path(source) for source in sources]
+    for root in roots:
+        _check_exists(root)
+    names = root_names(roots)
+    scans = scan_roots(roots, options, workers)
+    packages_read = sorted({package for scan in scans for package in scan.packages})
+    for pattern in options.holdout:
+        if not any(matches_any(package, (pattern,)) for package in packages_read):
+            raise DualencError(
+                f"--holdout {pattern!r}: matches none of the {len(packages_read)} packages read"
+                f" ({', '.join(packages_read[:10])}{', ...' if len(packages_read) > 10 else ''})"
+            )
+
+    def held(candidate: Candidate) -> bool:
+        return matches_any(candidate.package, options.holdout)
+
+    heldout_keys = {c.key for scan in scans for c in scan.candidates if held(c)}
     skipped_functions: Counter = Counter()
-    seen_codes: set[str] = set()
-    pairs_by_file: dict[str, list[dict]] = {}
-    for function in scan.functions:
-        reason, summary = _pair_or_reason(function, options)
-        if reason is None:
-            normalised = " ".join(function.code.split())
-            if normalised in seen_codes:
+    seen: set[bytes] = set()
+    kept: list[tuple[str, Candidate]] = []  # (root name, candidate)
+    duplicates: Counter = Counter()  # root name -> functions dropped as duplicates
+    for name, scan in zip(names, scans, strict=True):
+        skipped_functions.update(scan.skipped_functions)
+        for candidate in scan.candidates:
+            if candidate.key in seen:
                 reason = "duplicate_code"
-            seen_codes.add(normalised)
-        if reason is not None:
+            elif candidate.key in heldout_keys and not held(candidate):
+                reason = "duplicate_of_heldout"  # not added to seen: the held-out copy is kept
+            else:
+                seen.add(candidate.key)
+                kept.append((name, candidate))
+                continue
             skipped_functions[reason] += 1
-            continue
-        pairs_by_file.setdefault(function.path, []).append(
-            {
-                "query": summary,
-                "code": function.code,
-                "path": function.path,
-                "symbol": function.symbol,
-                "line": function.line,
-            }
-        )
-    val_files = split_files_by_pairs(
-        {path: len(pairs) for path, pairs in pairs_by_file.items()}, options.val_fraction, options.seed
-    )
-    if not pairs_by_file:
-        raise DualencError(_why_no_pairs(sources, scan, skipped_functions))
-    train = [pair for path in sorted(pairs_by_file) if path not in val_files for pair in pairs_by_file[path]]
-    val = [pair for path in sorted(pairs_by_file) if path in val_files for pair in pairs_by_file[path]]
+            duplicates[name] += 1
+    if not kept:
+        raise DualencError(_why_no_pairs(_describe_roots(roots), scans, skipped_functions))
+
+    def group(candidate: Candidate) -> str:
+        return candidate.package if options.split_by == "package" else candidate.path
+
+    group_pairs: Counter = Counter()
+    for _, candidate in kept:
+        if not held(candidate):
+            group_pairs[group(candidate)] += len(candidate.queries)
+    overshoot = PACKAGE_OVERSHOOT if options.split_by == "package" else None
+    val_groups = split_files_by_pairs(dict(group_pairs), options.val_fraction, options.seed, overshoot)
+
+    rows_by_path: dict[str, dict[str, list[dict]]] = {side: {} for side in SIDES}
+    root_stats = {
+        name: {
+            "files_read": scan.files_read,
+            "functions_seen": scan.functions_seen,
+            "pairs_kept": 0,
+            "duplicate_code": duplicates[name],
+            **{f"{side}_pairs": 0 for side in SIDES},
+        }
+        for name, scan in zip(names, scans, strict=True)
+    }
+    side_packages: dict[str, set[str]] = {side: set() for side in SIDES}
+    for name, candidate in kept:
+        side = "heldout" if held(candidate) else "val" if group(candidate) in val_groups else "train"
+        side_packages[side].add(candidate.package)
+        rows = rows_by_path[side].setdefault(candidate.path, [])
+        for view, query in candidate.queries:
+            rows.append(
+                {
+                    "query": query,
+                    "code": candidate.code,
+                    "path": candidate.path,
+                    "symbol": candidate.symbol,
+                    "line": candidate.line,
+                    "view": view,
+                }
+            )
+        root_stats[name]["pairs_kept"] += len(candidate.queries)
+        root_stats[name][f"{side}_pairs"] += len(candidate.queries)
+    pairs = {
+        side: [row for path in sorted(by_path) for row in by_path[path]]
+        for side, by_path in rows_by_path.items()
+    }
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out_dir / "train.jsonl", train)
-    atomic_write_jsonl(out_dir / "val.jsonl", val)
+    atomic_write_jsonl(out_dir / "train.jsonl", pairs["train"])
+    atomic_write_jsonl(out_dir / "val.jsonl", pairs["val"])
+    if options.holdout:
+        atomic_write_jsonl(out_dir / "heldout.jsonl", pairs["heldout"])
+    else:  # one from an earlier run would not match this stats.json
+        (out_dir / "heldout.jsonl").unlink(missing_ok=True)
+    train_queries = [row["query"] for row in pairs["train"]]
+    skipped_files: Counter = Counter()
+    for scan in scans:
+        skipped_files.update(scan.skipped_files)
     stats = ExtractStats(
-        files_read=scan.files_read,
-        skipped_files={reason: len(paths) for reason, paths in sorted(scan.skipped_files.items())},
-        skipped_dirs=scan.skipped_dirs,
-        functions_seen=len(scan.functions),
-        pairs_kept=len(train) + len(val),
+        files_read=sum(scan.files_read for scan in scans),
+        skipped_files=dict(sorted(skipped_files.items())),
+        skipped_dirs=sum(scan.skipped_dirs for scan in scans),
+        functions_seen=sum(scan.functions_seen for scan in scans),
+        pairs_kept=sum(len(rows) for rows in pairs.values()),
         skipped_functions=dict(sorted(skipped_functions.items())),
-        train_pairs=len(train),
-        val_pairs=len(val),
-        train_files=len(pairs_by_file) - len(val_files),
-        val_files=len(val_files),
+        train_pairs=len(pairs["train"]),
+        val_pairs=len(pairs["val"]),
+        train_files=len(rows_by_path["train"]),
+        val_files=len(rows_by_path["val"]),
         seconds=round(time.perf_counter() - started, 3),
+        split_by=options.split_by,
+        heldout_pairs=len(pairs["heldout"]),
+        views=dict(Counter(row["view"] for rows in pairs.values() for row in rows)),
+        packages={side: sorted(names) for side, names in side_packages.items()},
+        excluded_packages=sorted({package for scan in scans for package in scan.excluded}),
+        shared_queries={
+            side: sum(query in queries for query in train_queries)
+            for side in ("val", "heldout")
+            for queries in [{row["query"] for row in pairs[side]}]
+        },
+        roots=root_stats,
     )
     atomic_write_json(out_dir / "stats.json", stats.as_dict())
     return stats

@@ -52,7 +52,7 @@ def _iter_python_functions(path: Path) -> Iterator[CodeRecord]:
     from dualenc.core.data.extract import scan_functions
 
     # every function, docstring kept: the same records `dualenc data extract` reads, unfiltered
-    for function in scan_functions([path], keep_docstring=True).functions:
+    for function in scan_functions([path], docstring="keep").functions:
         yield CodeRecord(code=function.code, path=function.path, symbol=function.symbol, line=function.line)
 
 

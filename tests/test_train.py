@@ -415,3 +415,87 @@ def test_a_resume_keeps_one_metrics_row_per_step_and_removes_leftovers(tmp_path,
     assert [row["step"] for row in rows if "val/mrr" in row] == [0, 3, 6]
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     assert checkpoint.load_trainer_state(run / "last", None).step == 6
+
+
+@pytest.fixture
+def ten_seconds_a_step(monkeypatch):
+    """The loop's clock advances 10 s per optimizer step and not otherwise: time budgets that
+    stop at a known step, whatever the machine's speed."""
+    from dualenc.core import loop
+    from dualenc.core.step import TrainStep
+
+    now = [1000.0]
+    update = TrainStep.update
+
+    def timed_update(self):
+        now[0] += 10.0
+        return update(self)
+
+    monkeypatch.setattr(TrainStep, "update", timed_update)
+    monkeypatch.setattr(loop, "clock", lambda: now[0])
+
+
+def logged(run_dir, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row[key] for row in rows if key in row}
+
+
+def test_a_time_budget_stops_saves_and_resumes_with_the_rest(
+    tmp_path, pair_files, ten_seconds_a_step, caplog
+):
+    whole = tiny_config(tmp_path / "a", pair_files, max_steps=10, eval_interval=20, save_interval=20)
+    assert train(whole).status == "finished"
+    caplog.set_level("INFO", logger="dualenc.train")
+    # 25 s: steps 1 and 2 take 20 s, step 3 reaches 30 s and ends the run
+    limited = tiny_config(
+        tmp_path / "b", pair_files, max_steps=10, eval_interval=20, save_interval=20, max_train_seconds=25
+    )
+    result = train(limited)
+    run = tmp_path / "b" / "run"
+    assert (result.status, result.step) == ("time_limit", 3)
+    assert (
+        "stopped at step 3 (train.max_train_seconds: 30 s of training reached the limit of 25 s"
+        in caplog.text
+    )
+    # it ends as max_steps does (evaluated and saved), on the schedule of all 10 steps
+    assert sorted(logged(run, "val/mrr")) == [0, 3]
+    state = checkpoint.load_trainer_state(run / "last", None)
+    assert (state.step, state.train_seconds) == (3, 30.0)
+    assert logged(run, "train/lr") == pytest.approx(
+        {s: v for s, v in logged(tmp_path / "a" / "run", "train/lr").items() if s <= 3}
+    )
+
+    # the same config again: its budget is spent, so no step
+    again = train(limited, resume_from=run / "last")
+    assert (again.status, again.step) == ("time_limit", 3)
+    assert checkpoint.load_trainer_state(run / "last", None).step == 3
+    # a bigger budget resumes exactly (not a config change) with the 30 s already spent
+    longer = attrs.evolve(limited, train=attrs.evolve(limited.train, max_train_seconds=45))
+    resumed = train(longer, resume_from=run / "last")
+    assert (resumed.status, resumed.step) == ("time_limit", 5)
+    assert "resuming exactly from" in caplog.text
+    assert checkpoint.load_trainer_state(run / "last", None).train_seconds == 50.0
+    expected = {s: v for s, v in logged_losses(tmp_path / "a" / "run").items() if s <= 5}
+    assert logged_losses(run) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_checkpoint_without_training_time_resumes_with_the_whole_budget(
+    tmp_path, pair_files, ten_seconds_a_step
+):
+    config = tiny_config(tmp_path, pair_files, max_steps=10, max_train_seconds=25)
+    assert train(config).step == 3
+    state_file = tmp_path / "run" / "last" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["train_seconds"]  # as saved before train.max_train_seconds existed
+    state_file.unlink()  # a new inode: the step-3 copy is a hard link
+    state_file.write_text(json.dumps(state))
+    assert checkpoint.load_trainer_state(tmp_path / "run" / "last", None).train_seconds == 0.0
+    assert train(config, resume_from=tmp_path / "run" / "last").step == 6
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_train_seconds_must_be_positive(tmp_path, value):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"train:\n  max_train_seconds: {value}\n")
+    with pytest.raises(DualencError, match=rf"train\.max_train_seconds: must be > 0 \(got {float(value)}\)"):
+        load_config(config_file)

@@ -290,6 +290,8 @@ class TrainerState:
     best_metric_name: str | None = None  # None in checkpoints from before it was saved
     # early stopping's count: evaluations since best_metric last improved (see core.best)
     evals_without_improvement: int = 0
+    # the training loop's wall time so far, for train.max_train_seconds (0 in older checkpoints)
+    train_seconds: float = 0.0
 
 
 def save_checkpoint(
@@ -368,6 +370,7 @@ def _write_checkpoint(
         "best_metric": state.best_metric,
         "best_metric_name": state.best_metric_name,
         "evals_without_improvement": state.evals_without_improvement,
+        "train_seconds": state.train_seconds,
         "optimizer": optimizer_meta,
         "scheduler": state.scheduler,
         "sampler": state.sampler,
@@ -409,7 +412,11 @@ TRAINER_JSON_KEYS = {
     "cuda_devices": int,
 }
 # keys that checkpoints written before they were saved lack
-OPTIONAL_TRAINER_JSON_KEYS = {"best_metric_name": (str, type(None)), "evals_without_improvement": int}
+OPTIONAL_TRAINER_JSON_KEYS = {
+    "best_metric_name": (str, type(None)),
+    "evals_without_improvement": int,
+    "train_seconds": (int, float),
+}
 
 
 def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> TrainerState:
@@ -448,6 +455,7 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
             cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(record["cuda_devices"])],
             best_metric_name=record.get("best_metric_name"),
             evals_without_improvement=record.get("evals_without_improvement", 0),
+            train_seconds=float(record.get("train_seconds", 0.0)),
         )
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise DualencError(
@@ -459,11 +467,16 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
 # --- a run's checkpoints: saving as it goes, resuming ----------------------------------
 
 
+# config keys a resume may change and still go on exactly
+NOT_CHANGES = ("train.max_train_seconds",)
+
+
 def config_changes(old_yaml: str, config: Any) -> list[str]:
     """``key: old -> new`` for every value that differs between a checkpoint's resolved config
     and the run's ``config`` (a RunConfig). A key the checkpoint's config lacks (it was written
     before the key existed) counts as its default: a change only when ``config`` sets another
-    value."""
+    value. ``train.max_train_seconds`` is not a change: a resume may extend the time budget and
+    still go on exactly (the schedule runs on max_steps)."""
     from dualenc.core.configio import fill_defaults, unstructure
 
     def flat(node, prefix=""):
@@ -481,7 +494,7 @@ def config_changes(old_yaml: str, config: Any) -> list[str]:
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key) and not key.startswith("output_dir")
+        if old.get(key) != new.get(key) and not key.startswith("output_dir") and key not in NOT_CHANGES
     ]
 
 
@@ -495,6 +508,7 @@ class Checkpointer:
     optimizer: Any
     scheduler: Any
     sampler: Any
+    clock: Any  # the run's core.loop.TrainClock: saved, and restored by an exact resume
 
     @property
     def run_dir(self) -> Path:
@@ -528,6 +542,7 @@ class Checkpointer:
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             best_metric_name=best.name,
             evals_without_improvement=best.stale,
+            train_seconds=self.clock.seconds(),
         )
         return save_checkpoint(
             self.run_dir,
@@ -547,9 +562,9 @@ class Checkpointer:
         """Continue from the checkpoint in ``directory``, whose weights the encoder holds.
 
         With the same config it resumes exactly: optimizer, schedule, batch order, miner, RNG,
-        step, the best metric's value and early stopping's count (into ``best``) go on as if
-        never stopped. With a changed config only the weights carry over. Returns the step to
-        go on from.
+        step, the best metric's value and early stopping's count (into ``best``) and the
+        training time spent (into ``clock``) go on as if never stopped. With a changed config
+        only the weights carry over. Returns the step to go on from.
         """
         directory = resolve(Path(directory))
         config_path = directory / RUN_CONFIG
@@ -589,6 +604,7 @@ class Checkpointer:
             torch.cuda.set_rng_state_all(state.cuda_rng)
         if state.best_metric_name in (None, best.name):  # None: saved before the name was
             best.value, best.stale = state.best_metric, state.evals_without_improvement
+        self.clock.spent = state.train_seconds
         return state.step
 
 

@@ -191,6 +191,9 @@ class TrainConfig:
     batch_size: int = attrs.field(default=32, validator=at_least(1))
     learning_rate: float = attrs.field(default=1e-4, validator=greater_than(0))
     max_steps: int = attrs.field(default=50000, validator=at_least(1))
+    # stop at the first step boundary once this many seconds of the training loop's wall time
+    # have passed, summed over resumes (None: no limit); the schedule still runs on max_steps
+    max_train_seconds: float | None = attrs.field(default=None, validator=greater_than(0))
     warmup_steps: int = attrs.field(default=1000, validator=at_least(0))
     # after warmup: "linear" decay to 0 at max_steps, "cosine", or "constant"
     schedule: str = attrs.field(default="linear", validator=one_of("linear", "cosine", "constant"))

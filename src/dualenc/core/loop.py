@@ -51,7 +51,7 @@ class TrainResult:
     """What ``dualenc.train`` returns: where the run ended and what it left in ``run_dir``."""
 
     step: int
-    status: str  # "finished" | "interrupted" | "stopped" | "early_stopped"
+    status: str  # "finished" | "interrupted" | "stopped" | "early_stopped" | "time_limit"
     best_metric: float | None
     best_metric_name: str  # the metric that picks the best checkpoint: "val/mrr"
     best_checkpoint: Path | None  # None when no evaluation ran
@@ -60,6 +60,26 @@ class TrainResult:
 
 
 # --- small helpers, each used once below ----------------------------------------------
+
+# the clock of train.max_train_seconds (a module attribute: tests replace it)
+clock = time.perf_counter
+
+
+class TrainClock:
+    """Wall time of the training loop, summed over a run and the runs that resume it.
+
+    It counts from the loop's start: evaluations, mining rounds and saves inside the loop
+    count, building the model and loading (tokenizing) the data before it do not. A
+    checkpoint saves ``seconds()``; an exact resume restores it into ``spent``."""
+
+    def __init__(self):
+        self.spent, self.started = 0.0, None
+
+    def start(self) -> None:
+        self.started = clock()
+
+    def seconds(self) -> float:
+        return self.spent + (clock() - self.started if self.started is not None else 0.0)
 
 
 class StopRequested:
@@ -202,6 +222,18 @@ def evaluate(evaluator, encoder, val_sets: dict[str, EvalSet], trackers: Tracker
     return metrics
 
 
+def time_up(limit: float | None, train_clock: TrainClock, device) -> bool:
+    """Whether ``train.max_train_seconds`` is spent; every rank agrees (the first to see it)."""
+    return limit is not None and distributed.any_rank(train_clock.seconds() >= limit, device)
+
+
+def time_limit_reason(tc, train_clock: TrainClock) -> str:
+    return (
+        f"train.max_train_seconds: {train_clock.seconds():.0f} s of training reached the limit of "
+        f"{tc.max_train_seconds:g} s; the schedule was set for {tc.max_steps} steps"
+    )
+
+
 def stop_status(signal_name: str | None, best: BestMetric, last: Path) -> tuple[str, str]:
     """The status of a run that stops before max_steps, and why, for the log."""
     if signal_name:
@@ -251,7 +283,8 @@ def train(
     stop_after: int | None = None,
     catalog: Catalog | None = None,
 ) -> TrainResult:
-    """Train until ``train.max_steps``, a signal (saved, resumable) or ``stop_after`` steps."""
+    """Train until ``train.max_steps``, ``train.max_train_seconds``, a signal (saved,
+    resumable) or ``stop_after`` steps."""
     refuse_existing_run(Path(config.output_dir), resume_from)
     check_input_files(config)
     refuse_uncreatable(Path(config.output_dir))
@@ -295,7 +328,8 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     optimizer = make_optimizer(encoder, loss_fn, tc)
     scheduler = make_scheduler(optimizer, tc)
     train_step = TrainStep(encoder, loss_fn, optimizer, scheduler, pairs, device, precision, tc, gather)
-    saver = checkpoint.Checkpointer(config, config_yaml, parts, optimizer, scheduler, sampler)
+    train_clock = TrainClock()
+    saver = checkpoint.Checkpointer(config, config_yaml, parts, optimizer, scheduler, sampler, train_clock)
     best = BestMetric.from_config(tc, default_name=f"{next(iter(val_sets))}/{evaluator.primary_metric}")
     step = saver.resume(resume_from, best) if resume_from is not None else 0
     if main:
@@ -315,6 +349,16 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     score = window.untimed(functools.partial(evaluate, evaluator, encoder, val_sets, trackers))
     save = window.untimed(saver.save)
     with trackers, StopRequested() as stop:
+        train_clock.start()
+        # a resume whose budget is spent trains no step (a new run takes at least one)
+        if (
+            step
+            and step < tc.max_steps
+            and status == "finished"
+            and time_up(tc.max_train_seconds, train_clock, device)
+        ):
+            status = "time_limit"
+            log.info("stopped at step %d (%s)", step, time_limit_reason(tc, train_clock))
         if step == 0 and tc.eval_at_start:
             best.update(score(step))  # nothing to beat yet: an exact resume starts after step 0
             if main:  # the start may stay the best: a later eval that scores lower saves no best
@@ -322,7 +366,7 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
         if step == 0 and miner.due(step):
             refresh(encoder, step)
         encoder.train()
-        while step < tc.max_steps and not best.patience_spent:
+        while step < tc.max_steps and not best.patience_spent and status != "time_limit":
             pair_ids = next(batches)
             loss = train_step.backward(pair_ids, miner.negatives(pair_ids))
             if not math.isfinite(loss):
@@ -334,20 +378,28 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
             train_step.update()
             step += 1
             window.add(loss, len(pair_ids) * world)
+            # out of time: this step ends the run as max_steps would (logged, evaluated, saved)
+            out_of_time = step < tc.max_steps and time_up(tc.max_train_seconds, train_clock, device)
+            final = step == tc.max_steps or out_of_time
 
-            if step % tc.log_interval == 0 or step == tc.max_steps:
+            if step % tc.log_interval == 0 or final:
                 trackers.log(train_metrics(window, scheduler, sampler, loss_fn), step)
             is_best = False
-            if step % tc.eval_interval == 0 or step == tc.max_steps:
+            if step % tc.eval_interval == 0 or final:
                 is_best = best.update(score(step))
             # before the save, so that a resume from it neither repeats the round nor its log rows
+            # (a time limit's last step too: a resume with a bigger budget goes on exactly)
             if step < tc.max_steps and miner.due(step):
                 refresh(encoder, step)
             stopping = distributed.any_rank(stop.signal_name is not None or best.patience_spent, device)
             stopping = stopping or step == stop_after
             periodic = step % tc.save_interval == 0
-            if main and (is_best or stopping or periodic or step == tc.max_steps):
+            if main and (is_best or stopping or periodic or final):
                 save(step, best, periodic=periodic, is_best=is_best)
+            if out_of_time:
+                status = "time_limit"
+                log.info("stopped at step %d (%s)", step, time_limit_reason(tc, train_clock))
+                break
             if stopping:
                 status, why = stop_status(stop.signal_name, best, last)
                 log.info("stopped at step %d (%s)", step, why)

@@ -178,7 +178,8 @@ class Tracker(Protocol):
 
     def finish(self, status: str) -> None:
         """``status``: ``"finished"``, ``"stopped"`` (--stop-after), ``"early_stopped"``
-        (``train.early_stopping_patience``), ``"interrupted"`` (a signal) or ``"failed"``."""
+        (``train.early_stopping_patience``), ``"time_limit"`` (``train.max_train_seconds``),
+        ``"interrupted"`` (a signal) or ``"failed"``."""
 
 
 # kind -> (hook name, protocol)

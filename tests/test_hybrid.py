@@ -103,6 +103,26 @@ def test_lexical_index_does_not_depend_on_document_order():
     np.testing.assert_allclose(one.scores(query)[0][shuffled], other.scores(query)[0], atol=1e-12)
 
 
+def test_score_row_equals_the_sparse_product_to_the_last_bit():
+    """The per-query path adds posting rows with np.add.at; a scipy product of the query's
+    word counts and the weights matrix must give the very same floats (ties rank alike)."""
+    from scipy import sparse
+
+    documents = random_documents(200, seed=3)
+    index = LexicalIndex.build(documents)
+    queries = ["read read json file", "HTTPServer get_value sortList x x x", "i", "nothing known", ""]
+    for query in queries:
+        rows, counts = index.query_words(query)
+        vector = sparse.csr_matrix(
+            (counts.astype(np.float64), rows, [0, len(rows)]), shape=(1, len(index.words))
+        )
+        expected = (vector @ index.weights).toarray()[0]
+        assert np.array_equal(index.score_row(query), expected)
+    buffer = np.zeros(index.count)
+    assert index.score_row(queries[0], buffer) is buffer
+    assert np.array_equal(index.scores(queries)[1], index.score_row(queries[1]))
+
+
 # --- the fusion against hand computation ----------------------------------------------------
 
 
@@ -126,6 +146,20 @@ def test_candidates_are_the_union_with_each_lists_ranks():
     assert union.tolist() == [7, 3, 9, 4, 5]
     assert dense_rank.tolist() == [1, 2, 3, 0, 0]
     assert lexical_rank.tolist() == [3, 0, 1, 2, 4]
+    rng = np.random.default_rng(0)
+    for dense_size, lexical_size in ((0, 0), (0, 5), (5, 0), (30, 30), (50, 10)):
+        dense_ids = rng.permutation(60)[:dense_size]
+        lexical_ids = rng.permutation(60)[:lexical_size]
+        union, dense_rank, lexical_rank = candidates(dense_ids, lexical_ids)
+        # the same by plain Python lists
+        expected = list(dense_ids) + [i for i in lexical_ids if i not in set(dense_ids)]
+        assert union.tolist() == expected
+        assert dense_rank.tolist() == [_rank(dense_ids, i) for i in expected]
+        assert lexical_rank.tolist() == [_rank(lexical_ids, i) for i in expected]
+
+
+def _rank(ids: np.ndarray, wanted: int) -> int:
+    return ids.tolist().index(wanted) + 1 if wanted in ids.tolist() else 0
 
 
 def test_pool_scores_fuse_only_each_querys_candidates():

@@ -259,10 +259,12 @@ class Retriever:
 
     def _lexical_hits(self, queries: list[str], k: int) -> list[list[Hit]]:
         found = []
-        for start in range(0, len(queries), 64):
-            for row in self.lexical.scores(queries[start : start + 64]):
-                columns = top_columns(row, k, positive=True)
-                found.append((self.lexical.ids[columns], row[columns]))
+        row = np.zeros(self.lexical.count, dtype=np.float64)  # reused: see fusion.gather
+        for position, query in enumerate(queries):
+            if position:
+                row.fill(0.0)
+            columns = top_columns(self.lexical.score_row(query, row), k, positive=True)
+            found.append((self.lexical.ids[columns], row[columns]))
         return self._hits(found)
 
     def _hybrid_hits(

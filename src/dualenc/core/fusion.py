@@ -144,15 +144,22 @@ def check_mode(mode: str) -> str:
 
 def candidates(dense_ids: np.ndarray, lexical_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(union of the ids, each one's 1-based rank in ``dense_ids``, in ``lexical_ids``; 0:
-    absent) of two best-first id lists; dense ids come first, in their order."""
+    absent) of two best-first id lists, each without repeats; dense ids come first, in their
+    order."""
     dense_ids, lexical_ids = np.asarray(dense_ids, dtype=np.int64), np.asarray(lexical_ids, dtype=np.int64)
-    extra = lexical_ids[~np.isin(lexical_ids, dense_ids)]
-    union = np.concatenate([dense_ids, extra])
+    # each dense id's lexical rank, by binary search in the sorted lexical ids
+    if len(lexical_ids):
+        by_id = np.argsort(lexical_ids)
+        at = by_id[np.minimum(np.searchsorted(lexical_ids[by_id], dense_ids), len(lexical_ids) - 1)]
+        dense_lexical_rank = np.where(lexical_ids[at] == dense_ids, at + 1, 0)
+    else:
+        dense_lexical_rank = np.zeros(len(dense_ids), dtype=np.int64)
+    extra = np.ones(len(lexical_ids), dtype=bool)
+    extra[dense_lexical_rank[dense_lexical_rank > 0] - 1] = False
+    union = np.concatenate([dense_ids, lexical_ids[extra]])
     dense_rank = np.zeros(len(union), dtype=np.int64)
     dense_rank[: len(dense_ids)] = np.arange(1, len(dense_ids) + 1)
-    lexical_rank = np.zeros(len(union), dtype=np.int64)
-    position = {int(i): rank for rank, i in enumerate(lexical_ids.tolist(), 1)}
-    lexical_rank[:] = [position.get(int(i), 0) for i in union.tolist()]
+    lexical_rank = np.concatenate([dense_lexical_rank, np.flatnonzero(extra) + 1])
     return union, dense_rank, lexical_rank
 
 
@@ -175,9 +182,6 @@ class Candidates:
         return fusion.fuse(self.dense, self.lexical, self.dense_rank, self.lexical_rank)
 
 
-QUERY_CHUNK = 64  # queries scored lexically at once: [chunk, documents] float64 in memory
-
-
 def gather(
     query_vectors: np.ndarray,
     texts: list[str],
@@ -194,17 +198,17 @@ def gather(
 
     query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
     _, found = dense_search(query_vectors, depth)
+    # one row of document scores, zeroed per query: a fresh one would page-fault on every write
+    row_scores = np.zeros(lexical.count, dtype=np.float64)
     gathered = []
-    for start in range(0, len(texts), QUERY_CHUNK):
-        lexical_scores = lexical.scores(texts[start : start + QUERY_CHUNK])
-        for offset, row_scores in enumerate(lexical_scores):
-            query = start + offset
-            dense_ids = found[query][found[query] >= 0]
-            lexical_ids = lexical.ids[top_columns(row_scores, depth, positive=True)]
-            union, dense_rank, lexical_rank = candidates(dense_ids, lexical_ids)
-            dense = vectors_of(union) @ query_vectors[query] if len(union) else np.zeros(0)
-            lexical_part = row_scores[lexical.columns(union, where)]
-            gathered.append(
-                Candidates(union, dense.astype(np.float64), lexical_part, dense_rank, lexical_rank)
-            )
+    for query, text in enumerate(texts):
+        if query:
+            row_scores.fill(0.0)
+        lexical.score_row(text, row_scores)
+        dense_ids = found[query][found[query] >= 0]
+        lexical_ids = lexical.ids[top_columns(row_scores, depth, positive=True)]
+        union, dense_rank, lexical_rank = candidates(dense_ids, lexical_ids)
+        dense = vectors_of(union) @ query_vectors[query] if len(union) else np.zeros(0)
+        lexical_part = row_scores[lexical.columns(union, where)]
+        gathered.append(Candidates(union, dense.astype(np.float64), lexical_part, dense_rank, lexical_rank))
     return gathered

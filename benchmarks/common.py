@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -60,8 +61,11 @@ def machine_info() -> dict:
     versions = {"torch": torch.__version__}
     for package in ("transformers", "sentence_transformers", "faiss"):
         try:
-            versions[package] = importlib.import_module(package).__version__
-        except ImportError:
+            if package == "sentence_transformers":  # from its metadata: importing it takes ~9 s
+                versions[package] = importlib.metadata.version("sentence-transformers")
+            else:
+                versions[package] = importlib.import_module(package).__version__
+        except ImportError:  # PackageNotFoundError is one
             versions[package] = None
     return {
         "cores": os.cpu_count(),
@@ -230,13 +234,20 @@ def code_pairs(count: int, seed: int = 0) -> tuple[list[dict], str]:
 # --- evaluation -------------------------------------------------------------------------
 
 
-def eval_sets(val_file: Path, cosqa_dir: Path = COSQA_DIR, limit: int | None = None) -> dict:
-    """The held-out stdlib pairs and the CoSQA test split, as dualenc's evaluator sees them;
-    with ``limit``, each cut down to that many queries (smoke runs)."""
+def eval_sets(
+    val_file: Path, cosqa_dir: Path = COSQA_DIR, limit: int | None = None, heldout: Sequence[str] = ()
+) -> dict:
+    """The held-out stdlib pairs, the CoSQA test split and each ``heldout`` pair file (named by
+    its stem), as dualenc's evaluator sees them; with ``limit``, each cut down to that many
+    queries (smoke runs)."""
     from dualenc.core.config import DataConfig
     from dualenc.core.data.evalsets import load_cosqa, load_eval_set
 
     sets = {"stdlib-val": load_eval_set(val_file, DataConfig()), "cosqa-test": load_cosqa(cosqa_dir, "test")}
+    for path in map(Path, heldout):
+        if path.stem in sets:
+            raise BenchmarkError(f"{path}: a set named {path.stem!r} is already evaluated; rename the file")
+        sets[path.stem] = load_eval_set(path, DataConfig(), name=path.stem)
     return {name: _first_queries(s, limit) for name, s in sets.items()} if limit else sets
 
 
@@ -277,6 +288,67 @@ def evaluate(encode: Callable[[list[str], str], np.ndarray], sets: dict) -> dict
             queries=len(eval_set.queries), pool=len(eval_set.pool), seconds=time.perf_counter() - started
         )
     return scores
+
+
+def evaluate_modes(
+    encode: Callable[[list[str], str], np.ndarray], sets: dict, modes: Sequence[str] = ("dense", "hybrid")
+) -> dict:
+    """``evaluate`` in each of ``modes``: dense (the vectors' inner products) and hybrid
+    (dualenc's BM25 over the pool fused with them by its default ``Fusion``, as ``evaluate
+    --mode hybrid`` does), each set encoded once; with each query's reciprocal rank, for
+    paired bootstraps. {set: {mode: metrics}}."""
+    from dualenc.plugins.evaluators.metrics import rank_pool
+
+    scores = {}
+    for name, eval_set in sets.items():
+        started = time.perf_counter()
+        queries, pool = encode(eval_set.queries, "query"), encode(eval_set.pool, "code")
+        encode_seconds = time.perf_counter() - started
+        scores[name] = {}
+        for mode in modes:
+            started = time.perf_counter()
+            if mode == "dense":
+                rankings = rank_pool(queries, pool, eval_set.relevant)
+            elif mode == "hybrid":
+                rankings = _hybrid_rankings(queries, pool, eval_set)
+            else:
+                raise BenchmarkError(f"unknown mode {mode!r}: dense or hybrid")
+            metrics = rankings.metrics()
+            scores[name][mode] = {key: metrics[key] for key in REPORTED_METRICS}
+            scores[name][mode].update(
+                queries=len(eval_set.queries),
+                pool=len(eval_set.pool),
+                encode_seconds=encode_seconds,
+                score_seconds=time.perf_counter() - started,
+                reciprocal_ranks=rankings.reciprocal_ranks().tolist(),
+            )
+    return scores
+
+
+def _hybrid_rankings(query_vectors: np.ndarray, pool_vectors: np.ndarray, eval_set):
+    """The pool ranked as the mrr evaluator's hybrid mode ranks it."""
+    from dualenc.core.fusion import Fusion
+    from dualenc.core.lexical import LexicalIndex
+    from dualenc.plugins.evaluators.metrics import rank_scores
+
+    lexical, fusion = LexicalIndex.build(eval_set.pool), Fusion()
+
+    def hybrid_block(start: int, end: int):
+        dense = query_vectors[start:end] @ pool_vectors.T
+        return fusion.pool_scores(dense, lexical.scores(eval_set.queries[start:end]))
+
+    return rank_scores(hybrid_block, len(query_vectors), len(pool_vectors), eval_set.relevant)
+
+
+def spec_evaluation(spec: dict, encode: Callable[[list[str], str], np.ndarray]) -> dict:
+    """A worker's evaluation of ``encode`` on the sets its spec names: ``evaluate``, or
+    ``evaluate_modes`` when the spec gives ``eval_modes``."""
+    sets = eval_sets(
+        Path(spec["val_file"]), Path(spec["cosqa_dir"]), spec["eval_limit"], spec.get("heldout", ())
+    )
+    if spec.get("eval_modes"):
+        return evaluate_modes(encode, sets, spec["eval_modes"])
+    return evaluate(encode, sets)
 
 
 # --- statistics, tables, results ---------------------------------------------------------

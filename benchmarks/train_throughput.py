@@ -28,8 +28,6 @@ from benchmarks.common import (
     QUICKSTART_CONFIG,
     TMP_DIR,
     argument_parser,
-    eval_sets,
-    evaluate,
     machine_info,
     median,
     model_path,
@@ -38,6 +36,7 @@ from benchmarks.common import (
     print_table,
     read_jsonl,
     run_isolated,
+    spec_evaluation,
     stdlib_pairs_dir,
     write_results,
 )
@@ -183,22 +182,29 @@ def _dualenc_batches(config, catalog, steps: int) -> dict:
     return per_step
 
 
-def dualenc_train(spec: dict) -> dict:
-    """Worker: one dualenc training run through ``dualenc.core.loop.train``."""
+def clocked_catalog():
+    """dualenc's plugin catalog plus the ``bench_clock`` tracker: (its StepClock, the catalog)."""
     import attrs
 
-    from dualenc.core import checkpoint
-    from dualenc.core.encode import encode_texts
-    from dualenc.core.loop import train
     from dualenc.registry.catalog import load_catalog
     from dualenc.registry.kinds import Component
 
     clock = StepClock()
-    catalog = load_catalog()
     clock_component = Component(
         "tracker", "bench_clock", lambda options: clock, None, "benchmark step clock", "benchmarks", "0"
     )
-    catalog = attrs.evolve(catalog, components=(*catalog.components, clock_component))
+    catalog = load_catalog()
+    return clock, attrs.evolve(catalog, components=(*catalog.components, clock_component))
+
+
+def dualenc_train(spec: dict) -> dict:
+    """Worker: one dualenc training run through ``dualenc.core.loop.train``."""
+
+    from dualenc.core import checkpoint
+    from dualenc.core.encode import encode_texts
+    from dualenc.core.loop import train
+
+    clock, catalog = clocked_catalog()
     config = _dualenc_config(spec, catalog)
     if spec.get("until_full_batch"):  # stop after the first full-size batch (at least 2 steps)
         sizes = _dualenc_batches(config, catalog, spec["max_steps"])["pairs"]
@@ -224,8 +230,9 @@ def dualenc_train(spec: dict) -> dict:
     }
     if spec["evaluate"]:
         encoder, _, _ = checkpoint.load_encoder(result.last_checkpoint)
-        sets = eval_sets(Path(spec["val_file"]), Path(spec["cosqa_dir"]), spec["eval_limit"])
-        report["evaluation"] = evaluate(lambda texts, side: encode_texts(encoder, texts, side, 128), sets)
+        report["evaluation"] = spec_evaluation(
+            spec, lambda texts, side: encode_texts(encoder, texts, side, 128)
+        )
     if mining := [json.loads(p.read_text()) for p in sorted((output_dir / "mining").glob("round-*.json"))]:
         report["mining_seconds"] = [round_["metrics"]["mining/seconds"] for round_ in mining]
     shutil.rmtree(output_dir, ignore_errors=True)  # a checkpoint with optimizer state: ~0.3 GB
@@ -280,7 +287,10 @@ def peer_train(spec: dict) -> dict:
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
-    pairs = read_jsonl(Path(spec["train_file"]))
+    # several training files (the equal-time benchmark's --train-file) are trained as one
+    pairs = [
+        pair for path in spec.get("train_files") or [spec["train_file"]] for pair in read_jsonl(Path(path))
+    ]
     model = SentenceTransformer(str(model_path()), device="cpu")
     model.max_seq_length = MAX_SEQ_LEN
     dataset = Dataset.from_dict(
@@ -323,11 +333,7 @@ def peer_train(spec: dict) -> dict:
         },
     }
     if spec["evaluate"]:
-        sets = eval_sets(Path(spec["val_file"]), Path(spec["cosqa_dir"]), spec["eval_limit"])
-        report["evaluation"] = evaluate(
-            peer_encoder(model),
-            sets,
-        )
+        report["evaluation"] = spec_evaluation(spec, peer_encoder(model))
     shutil.rmtree(spec["output_dir"], ignore_errors=True)
     return report
 

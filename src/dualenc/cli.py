@@ -16,6 +16,7 @@ from dualenc.commands.data import data
 from dualenc.commands.evaluate import evaluate
 from dualenc.commands.export import export
 from dualenc.commands.index import index
+from dualenc.commands.merge import merge
 from dualenc.commands.mine import mine
 from dualenc.commands.plugins import plugins
 from dualenc.commands.search import search
@@ -45,6 +46,7 @@ cli.add_command(data)
 cli.add_command(evaluate)
 cli.add_command(export)
 cli.add_command(index)
+cli.add_command(merge)
 cli.add_command(mine)
 cli.add_command(plugins)
 cli.add_command(search)

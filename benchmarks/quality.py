@@ -203,6 +203,16 @@ def recipe_train(spec: dict) -> dict:
         report["evaluation"] = spec_evaluation(
             spec, lambda texts, side: encode_texts(encoder, texts, side, 128)
         )
+    if spec["evaluate"] and spec.get("merge_weight") is not None:
+        from dualenc.core.merge import merge_checkpoint
+
+        started = time.perf_counter()
+        merged = merge_checkpoint(result.last_checkpoint, output_dir / "merged", spec["merge_weight"])
+        report["merge_seconds"] = time.perf_counter() - started
+        encoder, _, _ = checkpoint.load_encoder(merged)
+        report["evaluation_merged"] = spec_evaluation(
+            spec, lambda texts, side: encode_texts(encoder, texts, side, 128)
+        )
     shutil.rmtree(output_dir, ignore_errors=True)  # a checkpoint with optimizer state: ~0.3 GB
     return report
 
@@ -237,12 +247,12 @@ def peer_fastest_precision() -> tuple[str, str]:
     return "fp32", f"fp32 ({path.relative_to(REPO_ROOT)} not found)"
 
 
-def paired_differences(models: dict, set_names: list[str]) -> list[dict]:
-    """Per set: dualenc minus the peer in each mode, and dualenc hybrid minus the peer dense,
-    MRR means with paired bootstrap 95% intervals over the queries."""
+def paired_differences(models: dict, set_names: list[str], label: str = "dualenc") -> list[dict]:
+    """Per set: the dualenc model ``label`` minus the peer in each mode, and its hybrid minus the
+    peer dense, MRR means with paired bootstrap 95% intervals over the queries."""
     from dualenc.plugins.evaluators.metrics import paired_bootstrap
 
-    ours, peer = models["dualenc"]["evaluation"], models["sentence-transformers"]["evaluation"]
+    ours, peer = models[label]["evaluation"], models["sentence-transformers"]["evaluation"]
     rows = []
     for set_name in set_names:
         for mine, theirs in (("dense", "dense"), ("hybrid", "hybrid"), ("hybrid", "dense")):
@@ -253,7 +263,7 @@ def paired_differences(models: dict, set_names: list[str]) -> list[dict]:
             rows.append(
                 {
                     "set": set_name,
-                    "comparison": f"dualenc {mine} - peer {theirs}",
+                    "comparison": f"{label} {mine} - peer {theirs}",
                     **interval,
                     "verdict": verdict,
                 }
@@ -288,9 +298,14 @@ def equal_time(args, machine: dict) -> dict:
     }
     zero = run_isolated("benchmarks.quality:zero_shot_modes", evaluation, "equal-time-zero-shot")
 
+    import yaml
+
+    # the peer trains at the recipe's learning rate: only the tool and what it does in the time differ
+    learning_rate = float((yaml.safe_load(recipe.read_text()).get("train") or {}).get("learning_rate", 2e-5))
     peer_spec = train_spec(
         pairs_dir,
         "equal-time-peer",
+        learning_rate=learning_rate,
         max_steps=args.peer_steps,
         batch_size=args.batch_size,
         precision=precision,
@@ -308,6 +323,7 @@ def equal_time(args, machine: dict) -> dict:
         "seed": 42,
         "max_val_pairs": 32,  # the loop's own last-step evaluation, after the clock: kept short
         "batch_size": 8 if args.smoke else None,  # smoke: the recipe's batch would be most of the pairs
+        "merge_weight": args.merge_weight,
         **evaluation,
     }
     calibration = run_isolated(
@@ -370,8 +386,19 @@ def equal_time(args, machine: dict) -> dict:
             "peak_rss_mb": ours.peak_rss_mb,
         },
     }
+    if "evaluation_merged" in ours.result:
+        models[f"dualenc + merge {args.merge_weight:g}"] = {
+            "evaluation": ours.result["evaluation_merged"],
+            "merge_weight": args.merge_weight,
+            "merge_seconds": ours.result["merge_seconds"],
+        }
     set_names = list(zero.result["evaluation"])
-    differences = paired_differences(models, set_names)
+    differences = [
+        row
+        for label in models
+        if label.startswith("dualenc")
+        for row in paired_differences(models, set_names, label)
+    ]
 
     print_table(
         f"Training in equal wall time: the peer's {args.peer_steps} steps ({precision}) set the budget",
@@ -456,7 +483,8 @@ def equal_time(args, machine: dict) -> dict:
             "clock": CLOCK,
             "peer_steps": args.peer_steps,
             "peer": "SentenceTransformerTrainer + MultipleNegativesRankingLoss, no_duplicates batch sampler, "
-            f"batch {args.batch_size}, lr 2e-5, {warmup_steps(args.peer_steps)} warmup steps, "
+            f"batch {args.batch_size}, lr {learning_rate:g} (the recipe's), "
+            f"{warmup_steps(args.peer_steps)} warmup steps, "
             f"max_seq_len {MAX_SEQ_LEN}, {precision} ({precision_source})",
             "dualenc": f"{recipe_note}, trained on the same pairs with train.max_train_seconds = budget and "
             "max_steps from the calibration (warmup kept at the recipe's share of its steps); no evaluation "
@@ -491,6 +519,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--peer-steps", type=int, default=200, help="--equal-time: the peer's steps, its time the budget"
     )
     parser.add_argument("--recipe", type=Path, default=RECIPE_CONFIG, help="--equal-time: dualenc's config")
+    parser.add_argument(
+        "--merge-weight",
+        type=float,
+        default=None,
+        help="--equal-time: also score dualenc's model merged with its base at this weight (dualenc merge)",
+    )
     parser.add_argument(
         "--train-file",
         action="append",

@@ -165,6 +165,17 @@ SHIPPED = {
         "train.early_stopping_patience": 3,
         "output_dir": "checkpoints/with-val-sets",
     },
+    "recipe.yaml": {
+        "plugins.encoder": "hf",
+        "data.train_files": [
+            {"path": "data/stdlib/train.jsonl", "weight": 1.0},
+            {"path": "data/venv/train.jsonl", "weight": 1.0},
+        ],
+        "data.val_sets.packages.file": "data/venv/val.jsonl",
+        "data.val_sets.heldout.max_pairs": 1000,
+        "train.best_metric": "val/packages/mrr",
+        "output_dir": "checkpoints/recipe",
+    },
 }
 
 

@@ -238,3 +238,24 @@ def test_onnx_export_refuses_an_existing_folder_before_any_work(tmp_path):
     with pytest.raises(DualencError, match="already exists"):
         export_onnx(tmp_path / "no-checkpoint", tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_the_card_says_how_the_data_was_split():
+    from dualenc.export.card import extraction_note
+
+    stats = {"files_read": 9, "functions_seen": 40, "pairs_kept": 30, "train_pairs": 20, "val_pairs": 6}
+    by_file = extraction_note(
+        "d/train.jsonl", {**stats, "split_by": "file", "train_files": 5, "val_files": 2}
+    )
+    assert (
+        "split by source file into 20 training pairs from 5 files and 6 validation pairs from 2 files."
+        in by_file
+    )
+    packages = {"train": ["a", "b", "c"], "val": ["d"], "heldout": ["rich", "sympy"]}
+    by_package = extraction_note(
+        "d/train.jsonl", {**stats, "split_by": "package", "packages": packages, "heldout_pairs": 4}
+    )
+    assert (
+        "split by package into 20 training pairs from 3 packages and 6 validation pairs from 1 packages; "
+        "4 pairs of held-out packages (rich, sympy) are in neither." in by_package
+    )

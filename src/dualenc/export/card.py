@@ -206,6 +206,7 @@ def training_data(config: Any, training: Any) -> str:
 
 
 def extraction_note(path: str, stats: dict) -> str:
+    packages = stats.get("packages") or {}
     skipped = ", ".join(
         f"{reason} {count}" for reason, count in (stats.get("skipped_functions") or {}).items()
     )
@@ -214,9 +215,22 @@ def extraction_note(path: str, stats: dict) -> str:
         f"{stats.get('files_read', '?')} Python files read, {stats.get('functions_seen', '?')} "
         f"functions seen, {stats.get('pairs_kept', '?')} (docstring summary, code) pairs kept"
         + (f" (functions skipped: {skipped})" if skipped else "")
-        + f", split by source file into {stats.get('train_pairs', '?')} training pairs from "
-        f"{stats.get('train_files', '?')} files and {stats.get('val_pairs', '?')} validation pairs "
-        f"from {stats.get('val_files', '?')} files."
+        + (
+            f", split by package into {stats.get('train_pairs', '?')} training pairs from "
+            f"{len(packages.get('train', []))} packages and {stats.get('val_pairs', '?')} validation "
+            f"pairs from {len(packages.get('val', []))} packages"
+            if stats.get("split_by") == "package"
+            else f", split by source file into {stats.get('train_pairs', '?')} training pairs from "
+            f"{stats.get('train_files', '?')} files and {stats.get('val_pairs', '?')} validation pairs "
+            f"from {stats.get('val_files', '?')} files"
+        )
+        + (
+            f"; {stats['heldout_pairs']} pairs of held-out packages "
+            f"({', '.join(packages.get('heldout', []))}) are in neither"
+            if stats.get("heldout_pairs")
+            else ""
+        )
+        + "."
     )
 
 

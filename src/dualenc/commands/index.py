@@ -13,6 +13,9 @@ from dualenc.core.index.options import IndexOptions
 
 # the command's defaults are those of IndexOptions
 INDEX_OPTIONS = attrs.fields(IndexOptions)
+# under torchrun the other ranks wait while rank 0 reads the whole corpus into the metadata
+# store before the encoding starts: torch's default process group timeout
+DIST_TIMEOUT_S = 1800
 
 
 @click.group()
@@ -90,7 +93,13 @@ def build(
     chunk_size: int,
     batch_size: int,
 ):
-    """Encode a code corpus and write a searchable index."""
+    """Encode a code corpus and write a searchable index.
+
+    Under torchrun (torchrun --nproc-per-node N -m dualenc index build ...) the ranks share
+    the encoding and rank 0 writes the index. A killed build, run again with the same inputs,
+    encodes only what it had not finished.
+    """
+    from dualenc.core import distributed
     from dualenc.core.index.build import build_index
 
     options = IndexOptions(
@@ -101,15 +110,18 @@ def build(
         chunk_size=chunk_size,
         batch_size=batch_size,
     )
-    report = build_index(
-        code_corpus,
-        output_dir,
-        encoder_checkpoint,
-        catalog=current_catalog(),
-        update=update,
-        overwrite=overwrite,
-        options=options,
-    )
+    with distributed.session("auto", DIST_TIMEOUT_S):
+        report = build_index(
+            code_corpus,
+            output_dir,
+            encoder_checkpoint,
+            catalog=current_catalog(),
+            update=update,
+            overwrite=overwrite,
+            options=options,
+        )
+    if report is None:  # another rank than 0 of a torchrun build: rank 0 reports
+        return
     index_info, recall = report.manifest["index"], report.manifest["recall"]
     params = "".join(f", {name}={value}" for name, value in index_info["params"].items())
     if "queries" in recall:
@@ -117,10 +129,12 @@ def build(
         recall_text = f"recall@{recall['k']} {recall['value']:.3f} on {recall['queries']} {source}"
     else:
         recall_text = "exact"
-    rate = report.encoded / report.encode_seconds if report.encode_seconds else 0.0
+    fresh = report.encoded - report.resumed
+    rate = fresh / report.encode_seconds if report.encode_seconds else 0.0
+    resumed = f" ({report.resumed} by an interrupted build)" if report.resumed else ""
     click.echo(
         f"{report.output_dir}: {report.count} records ({index_info['type']}{params}; {recall_text}); "
-        f"{report.encoded} encoded, {report.unchanged} unchanged, {report.removed} removed "
+        f"{report.encoded} encoded{resumed}, {report.unchanged} unchanged, {report.removed} removed "
         f"in {report.seconds:.1f} s ({rate:.0f} codes/s encoding)"
     )
     if "lexical" in report.manifest:

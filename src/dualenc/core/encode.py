@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -44,6 +46,21 @@ def iter_length_sorted_batches(
         start += size
 
 
+_ALONE: ContextVar[bool] = ContextVar("dualenc_encoding_alone", default=False)
+
+
+@contextmanager
+def encoding_alone() -> Iterator[None]:
+    """Inside the block this process encodes alone, even under torchrun: for work that one
+    rank does while the others do something else (a rank's share of an index build, rank 0
+    tuning the index it assembled), where a shared encode would wait for them forever."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
+
+
 def encoder_device(encoder) -> torch.device:
     return next(encoder.parameters()).device
 
@@ -58,11 +75,11 @@ def encode_token_ids(
     """[N, dim] float32 unit vectors for already-tokenized texts, in input order.
 
     Under torchrun every rank encodes a 1/world share and all receive the whole result,
-    so evaluation and mining cost 1/world each; every rank must call this together.
-    ``progress(n)`` is called after each batch with the number of texts it encoded (this
-    rank's).
+    so evaluation and mining cost 1/world each; every rank must call this together (but
+    inside ``encoding_alone``). ``progress(n)`` is called after each batch with the number of
+    texts it encoded (this rank's).
     """
-    world = distributed.world_size()
+    world = 1 if _ALONE.get() else distributed.world_size()
     if world == 1:
         return _encode_local(encoder, token_ids, side, batch_size, progress)
     shares = [np.arange(len(token_ids))[r::world] for r in range(world)]

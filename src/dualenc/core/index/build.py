@@ -1,9 +1,12 @@
 """``build_index``: a streamed build or an incremental update of an index directory.
 
-Vectors are built in an exact ``IndexIDMap2`` store, one chunk of records at a time; an IVF
-index is trained from that store once all vectors are in (``tune.index_to_serve``), so a
-large build holds the vectors twice for a moment. An update re-encodes only new and changed
-records, and works on copies: an interrupted build leaves the index as it was.
+Records are read a chunk at a time into the metadata store, which says which are new or
+changed; those are encoded in pieces (``shards``: across the ranks of a torchrun build, each
+piece kept in a work folder so that a killed build resumes), then added to an exact
+``IndexIDMap2`` store a piece at a time. An IVF index is trained from that store once all
+vectors are in (``tune.index_to_serve``), so a large build holds the vectors twice for a
+moment. An update re-encodes only new and changed records, and works on copies: an
+interrupted build leaves the index as it was.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import faiss
 import numpy as np
 
 from dualenc import __version__
+from dualenc.core import distributed
 from dualenc.core.checkpoint import checkpoint_hash, load_encoder
 from dualenc.core.device import resolve_device
-from dualenc.core.encode import encode_texts
+from dualenc.core.encode import encoding_alone
 from dualenc.core.index.corpus import CodeRecord, chunks, iter_corpus
 from dualenc.core.index.options import IndexOptions
+from dualenc.core.index.shards import Plan, PlanSender, WorkFolder, encode_pieces, plan_pieces, share_plan
 from dualenc.core.index.store import (
     FORMAT_VERSION,
     MetaStore,
@@ -45,10 +50,11 @@ class BuildReport:
     output_dir: Path
     count: int
     encoded: int  # new and changed records
+    resumed: int  # of those, the ones an interrupted build had encoded already
     unchanged: int
     removed: int  # records gone from the corpus
     seconds: float
-    encode_seconds: float
+    encode_seconds: float  # encoding the records not resumed, on every rank together
     manifest: dict[str, Any]
 
 
@@ -63,16 +69,61 @@ def build_index(
     overwrite: bool = False,
     options: IndexOptions = IndexOptions(),
     progress: bool = True,
-) -> BuildReport:
+) -> BuildReport | None:
     """Encode ``corpus`` with the encoder of ``encoder_checkpoint`` into ``output_dir``.
 
     ``encoder``: that checkpoint's encoder, when the caller has loaded it already; else it is
     rebuilt through ``catalog`` (the installed plugins when None).
     ``update``: re-encode only new and changed records of the index in ``output_dir`` (a new
     index when it holds none). ``overwrite``: replace the index in ``output_dir``.
+    Under torchrun every rank calls this together: each encodes its share of the records;
+    rank 0 alone reads the corpus, writes the index and returns the report, the other ranks
+    return None.
     """
     started = time.perf_counter()
     corpus, output_dir, encoder_checkpoint = Path(corpus), Path(output_dir), Path(encoder_checkpoint)
+    if not distributed.is_main():
+        if encoder is None:  # loaded while rank 0 reads the corpus
+            encoder = _load_encoder(encoder_checkpoint, catalog)
+        plan = share_plan(None)
+        if plan is not None:
+            encode_pieces(plan, encoder, options.batch_size)
+        return None
+    sender = PlanSender()
+    try:
+        return _build(
+            corpus,
+            output_dir,
+            encoder_checkpoint,
+            encoder=encoder,
+            catalog=catalog,
+            update=update,
+            overwrite=overwrite,
+            options=options,
+            progress=progress,
+            sender=sender,
+            started=started,
+        )
+    except BaseException:
+        sender.abort()  # the other ranks stop waiting for a plan
+        raise
+
+
+def _build(
+    corpus: Path,
+    output_dir: Path,
+    encoder_checkpoint: Path,
+    *,
+    encoder,
+    catalog,
+    update: bool,
+    overwrite: bool,
+    options: IndexOptions,
+    progress: bool,
+    sender: PlanSender,
+    started: float,
+) -> BuildReport:
+    """``build_index`` on rank 0 (or alone); ``sender`` takes the plan to the other ranks."""
     encoder_hash = checkpoint_hash(encoder_checkpoint)
     records = iter_corpus(corpus)
     previous = _previous_manifest(output_dir, update, overwrite)
@@ -82,8 +133,7 @@ def build_index(
         meta.close()
         store = _exact_store(previous_index)
     if encoder is None:
-        encoder, _, _ = load_encoder(encoder_checkpoint, catalog)
-        encoder.to(resolve_device())
+        encoder = _load_encoder(encoder_checkpoint, catalog)
     if previous is None:
         store = faiss.IndexIDMap2(faiss.IndexFlatIP(encoder.dim))
     else:
@@ -91,24 +141,43 @@ def build_index(
 
     # folders this build creates, deepest first: a failed build removes them again
     created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
+    work = WorkFolder(output_dir)
     try:
         with staged_meta(output_dir, copy_existing=previous is not None) as meta_file:
             with MetaStore(meta_file) as meta_store:
-                records_read, encoded, encode_seconds = _add_corpus(
-                    records, encoder, store, meta_store, options, progress
-                )
+                first_id = meta_store.next_id
+                records_read = _claim_records(records, meta_store, options.chunk_size)
                 if records_read == 0:
                     raise DualencError(f"{corpus}: no code records")
+                plan = plan_pieces(
+                    meta_store,
+                    first_id,
+                    meta_store.next_id - first_id,
+                    options.chunk_size,
+                    encoder_hash,
+                    encoder.dim,
+                    work,
+                )
+                sender.send(plan)
+                encode_seconds = _encode(plan, encoder, meta_store, work, options, progress)
+                for piece in range(plan.pieces):
+                    ids = plan.ids(piece)
+                    store.add_with_ids(
+                        work.read(plan.digests[piece]), np.arange(ids.start, ids.stop, dtype=np.int64)
+                    )
                 removed = meta_store.drop_unseen()
                 if meta_store.stale_ids:
                     store.remove_ids(np.asarray(meta_store.stale_ids, dtype=np.int64))
-                index, index_info, recall = index_to_serve(store, options, encoder)
-                lexical = fusion = None
-                if options.lexical:
-                    lexical_started = time.perf_counter()
-                    lexical = meta_store.lexical_index(options.bm25_k1, options.bm25_b)
-                    lexical_seconds = time.perf_counter() - lexical_started
-                    fusion = tune_fusion(index, store, lexical, encoder, options, meta_store.ids_of_hash())
+                with encoding_alone():  # the other ranks are done: tuning queries are ours to encode
+                    index, index_info, recall = index_to_serve(store, options, encoder)
+                    lexical = fusion = None
+                    if options.lexical:
+                        lexical_started = time.perf_counter()
+                        lexical = meta_store.lexical_index(options.bm25_k1, options.bm25_b)
+                        lexical_seconds = time.perf_counter() - lexical_started
+                        fusion = tune_fusion(
+                            index, store, lexical, encoder, options, meta_store.ids_of_hash()
+                        )
                 generation = uuid.uuid4().hex
                 meta_store.finish(generation)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -133,23 +202,32 @@ def build_index(
                 manifest["lexical"] = {**lexical.manifest_entry(), "build_seconds": round(lexical_seconds, 3)}
                 manifest["fusion"] = fusion
             install(output_dir, index, meta_file, manifest, lexical)
+        work.remove()
     except BaseException:
+        work.remove_if_empty()
         for folder in created:
             try:
                 folder.rmdir()
-            except OSError:  # not empty: something else wrote there meanwhile
+            except OSError:  # not empty: something else wrote there meanwhile, or kept pieces
                 break
         raise
     return BuildReport(
         output_dir=output_dir,
         count=int(index.ntotal),
-        encoded=encoded,
+        encoded=plan.count,
+        resumed=plan.resumed,
         unchanged=meta_store.unchanged,
         removed=removed,
         seconds=time.perf_counter() - started,
         encode_seconds=encode_seconds,
         manifest=manifest,
     )
+
+
+def _load_encoder(encoder_checkpoint: Path, catalog):
+    encoder, _, _ = load_encoder(encoder_checkpoint, catalog)
+    encoder.to(resolve_device())
+    return encoder
 
 
 def _previous_manifest(output_dir: Path, update: bool, overwrite: bool) -> dict | None:
@@ -180,36 +258,37 @@ def _exact_store(index: faiss.Index) -> faiss.IndexIDMap2:
     return store
 
 
-def _add_corpus(
-    records: Iterable[CodeRecord],
-    encoder,
-    store: faiss.IndexIDMap2,
-    meta_store: MetaStore,
-    options: IndexOptions,
-    progress: bool,
-) -> tuple[int, int, float]:
-    """Encode the new and changed records into ``store``, one chunk at a time.
+def _claim_records(records: Iterable[CodeRecord], meta_store: MetaStore, chunk_size: int) -> int:
+    """Give each new and changed record its row and faiss id in ``meta_store``, one chunk at
+    a time; returns the number of records read."""
+    records_read = 0
+    for chunk in chunks(records, chunk_size):
+        records_read += len(chunk)
+        pending = []
+        for record in chunk:
+            key, content_hash = meta_store.claim_key(record), record.content_hash()
+            if meta_store.needs_encoding(key, record, content_hash):
+                pending.append((key, content_hash, record))
+        if pending:
+            meta_store.insert(pending)
+    return records_read
 
-    Returns (records read, records encoded, seconds spent encoding).
-    """
+
+def _encode(
+    plan: Plan, encoder, meta_store: MetaStore, work: WorkFolder, options: IndexOptions, progress: bool
+) -> float:
+    """Rank 0's part in encoding ``plan``'s pieces into ``work``; returns the seconds it took."""
     from tqdm import tqdm
 
-    records_read = encoded = 0
-    encode_seconds = 0.0
-    with tqdm(desc="encoding", unit=" codes", disable=None if progress else True) as bar:
-        for chunk in chunks(records, options.chunk_size):
-            records_read += len(chunk)
-            pending = []
-            for record in chunk:
-                key, content_hash = meta_store.claim_key(record), record.content_hash()
-                if meta_store.needs_encoding(key, record, content_hash):
-                    pending.append((key, content_hash, record))
-            if not pending:
-                continue
-            encode_started = time.perf_counter()
-            vectors = encode_texts(encoder, [r.code for _, _, r in pending], "code", options.batch_size)
-            encode_seconds += time.perf_counter() - encode_started
-            store.add_with_ids(vectors, meta_store.insert(pending))
-            encoded += len(pending)
-            bar.update(len(pending))
-    return records_read, encoded, encode_seconds
+    started = time.perf_counter()
+    total = plan.count - plan.resumed
+    with tqdm(desc="encoding", total=total, unit=" codes", disable=None if progress else True) as bar:
+        encode_pieces(
+            plan,
+            encoder,
+            options.batch_size,
+            codes=lambda ids: meta_store.column("code", ids),
+            work=work,
+            progress=bar.update,
+        )
+    return time.perf_counter() - started

@@ -270,6 +270,12 @@ class MetaStore:
         )
         return ids
 
+    def column(self, name: str, ids: range) -> list:
+        """Column ``name`` (``code``, ``content_hash``) of the records with faiss ids in ``ids``,
+        in id order."""
+        query = f"SELECT {name} FROM records WHERE id >= ? AND id < ? ORDER BY id"
+        return [row[0] for row in self.db.execute(query, (ids.start, ids.stop))]
+
     def drop_unseen(self) -> int:
         """Remove the records the corpus no longer has; returns how many."""
         unseen = "FROM records WHERE key NOT IN (SELECT key FROM seen)"

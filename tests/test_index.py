@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -398,7 +402,10 @@ def test_build_and_search_commands(tmp_path, hf_checkpoint, monkeypatch):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "3 records (flat; exact); 3 encoded" in result.output
+    assert (
+        "3 records (flat; exact; " in result.output
+        and " bytes a vector in memory); 3 encoded" in result.output
+    )
 
     result = runner.invoke(
         search_command, ["--index", str(out), "binary search implementation", "-k", "2", "--json"]
@@ -577,3 +584,162 @@ def test_a_failed_build_leaves_no_folder_it_created(tmp_path, encoder, checkpoin
     with pytest.raises(DualencError, match=message):
         build(corpus, existing, checkpoint, encoder)
     assert list(existing.iterdir()) == []
+
+
+# --- the compressed index (IVF-PQ re-ranked from fp16 vectors on disk) --------------------
+
+
+def _store_files(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if p.name.startswith(("vectors-", "vector_ids-"))}
+
+
+def test_above_the_compress_threshold_the_index_is_ivfpq_reranked_from_fp16(tmp_path, encoder, checkpoint):
+    records = make_records(3000)
+    out = tmp_path / "kb"
+    queries = [" ".join(random.Random(i).sample(WORDS, 3)) for i in range(400)]
+    tune_file = write_jsonl(tmp_path / "queries.jsonl", [{"query": q} for q in queries[:200]])
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    build(
+        corpus,
+        out,
+        checkpoint,
+        encoder,
+        exact_threshold=500,
+        compress_threshold=1000,
+        tune_queries=str(tune_file),
+    )
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    info = manifest["index"]
+    assert info["type"] == "ivfpq"
+    params = info["params"]
+    assert params["pq_bytes"] == 4  # one byte per 8 of the 32 dimensions
+    assert info["faiss"] == f"IVF{params['nlist']},PQ4"
+    assert params["rerank_factor"] >= 4 and 1 <= params["nprobe"] <= params["nlist"]
+    assert manifest["recall"]["value"] >= 0.95 and manifest["recall"]["tuned_on"] == "queries"
+    generation = manifest["generation"]
+    assert info["rerank"] == {
+        "vectors": f"vectors-{generation}.f16.npy",
+        "ids": f"vector_ids-{generation}.npy",
+        "dtype": "float16",
+    }
+    assert _store_files(out) == {info["rerank"]["vectors"], info["rerank"]["ids"]}
+    stored = np.load(out / info["rerank"]["vectors"])
+    assert stored.shape == (3000, 32) and stored.dtype == np.float16
+    corpus_vectors = encode_texts(encoder, [r["code"] for r in records], "code")
+    np.testing.assert_allclose(stored.astype(np.float32), corpus_vectors, atol=1e-3)
+    # in memory: the PQ code, its id twice (the lists' and the re-rank id list) and the
+    # quantisers' share; on disk: 2 bytes a dimension and the header's share
+    sizes = info["bytes_per_vector"]
+    in_memory = ((out / "index.faiss").stat().st_size + (out / info["rerank"]["ids"]).stat().st_size) / 3000
+    assert sizes["in_memory"] == pytest.approx(in_memory, abs=0.1)
+    assert 4 + 16 < sizes["in_memory"] < 32 * 4
+    assert sizes["on_disk"] == pytest.approx(64 + 128 / 3000, abs=0.1)
+
+    keys = [f"{r['path']}::{r['symbol']}" for r in records]
+    fresh = encode_texts(encoder, queries[200:], "query")
+    with Retriever.load(out, encoder=encoder) as retriever:
+        assert retriever.index.nprobe == params["nprobe"]
+        assert _recall_against_numpy(retriever, corpus_vectors, keys, fresh) >= 0.9
+        top = retriever.search([records[5]["code"]], k=3, mode="dense")[0][0]
+        assert top.symbol == "f5" and top.score == pytest.approx(1.0, abs=2e-3)
+        hybrid = retriever.search([records[5]["code"]], k=3, mode="hybrid")[0]
+        assert hybrid[0].symbol == "f5"
+
+
+def test_reranked_search_equals_exact_search_over_the_fp16_vectors(tmp_path):
+    from dualenc.core.index.compressed import RerankedIndex, VectorStore, exact_top, train_ivfpq, write_store
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((700, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(700, dtype=np.int64) * 3 + 5  # gaps, as after an update
+    blocks = [(ids[:300], vectors[:300]), (ids[300:], vectors[300:])]
+    store = VectorStore(*write_store(tmp_path, 700, 16, blocks))
+    index = RerankedIndex(train_ivfpq(store, 8, 4, rng), store, rerank_factor=70)
+    index.nprobe = 8  # every list, and a shortlist of all 700: re-ranking alone decides
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    scores, found = index.search(queries, 10)
+
+    exact = queries @ vectors.astype(np.float16).astype(np.float32).T
+    expected = np.argsort(-exact, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(found, ids[expected])
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, expected, axis=1), rtol=1e-5)
+    top_scores, top_ids = exact_top(store, queries, 10)
+    np.testing.assert_array_equal(top_ids, ids[expected])
+    np.testing.assert_allclose(index.reconstruct_batch(ids[[4, 600]]), vectors[[4, 600]], atol=1e-3)
+
+
+def test_updating_a_compressed_index_reuses_its_vectors_and_replaces_its_files(tmp_path, encoder, checkpoint):
+    records = make_records(1500)
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "kb"
+    options = {"exact_threshold": 500, "compress_threshold": 1000}
+    build(write_jsonl(corpus, records), out, checkpoint, encoder, **options)
+    before = json.loads((out / "manifest.json").read_text())
+    old_vectors = np.load(out / before["index"]["rerank"]["vectors"])
+    old_ids = np.load(out / before["index"]["rerank"]["ids"])
+
+    records[3]["code"] += " + changed"
+    del records[10:20]
+    records += make_records(1520, seed=5)[1500:]  # 20 new functions f1500..f1519
+    report = build(write_jsonl(corpus, records), out, checkpoint, encoder, update=True, **options)
+    assert (report.count, report.encoded, report.removed) == (1510, 21, 10)
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["index"]["type"] == "ivfpq" and after["generation"] != before["generation"]
+    assert _store_files(out) == {after["index"]["rerank"]["vectors"], after["index"]["rerank"]["ids"]}
+    new_vectors = np.load(out / after["index"]["rerank"]["vectors"])
+    new_ids = np.load(out / after["index"]["rerank"]["ids"])
+    kept = np.isin(old_ids, new_ids)
+    assert kept.sum() == 1500 - 11  # all but the changed and the removed
+    np.testing.assert_array_equal(new_vectors[np.isin(new_ids, old_ids)], old_vectors[kept])
+    with Retriever.load(out, encoder=encoder) as retriever:
+        assert retriever.search([records[3]["code"]], k=1, mode="dense")[0][0].symbol == "f3"
+        assert retriever.search([records[-1]["code"]], k=1, mode="dense")[0][0].symbol == "f1519"
+
+    # shrunk below the threshold it becomes exact, and the re-rank files go
+    build(write_jsonl(corpus, records[:800]), out, checkpoint, encoder, update=True, **options)
+    assert json.loads((out / "manifest.json").read_text())["index"]["type"] == "ivf"
+    assert _store_files(out) == set()
+    with Retriever.load(out, encoder=encoder) as retriever:
+        assert retriever.search([records[3]["code"]], k=1, mode="dense")[0][0].symbol == "f3"
+
+
+def test_damaged_rerank_vectors_are_refused_by_name(tmp_path, encoder, checkpoint):
+    built = tmp_path / "built"
+    options = {"exact_threshold": 500, "compress_threshold": 1000, "lexical": False}
+    build(write_jsonl(tmp_path / "corpus.jsonl", make_records(1200)), built, checkpoint, encoder, **options)
+    rerank = json.loads((built / "manifest.json").read_text())["index"]["rerank"]
+    for damage in ("missing", "truncated", "other ids"):
+        out = tmp_path / damage
+        shutil.copytree(built, out)
+        vectors, ids = out / rerank["vectors"], out / rerank["ids"]
+        if damage == "missing":
+            vectors.unlink()
+        elif damage == "truncated":
+            vectors.write_bytes(vectors.read_bytes()[:5000])
+        else:
+            np.save(ids, np.arange(7, dtype=np.int64))
+        with pytest.raises(DualencError) as caught:
+            Retriever.load(out, encoder=encoder)
+        message = str(caught.value)
+        assert str(vectors) in message and "rebuild the index" in message, damage
+        if damage == "other ids":
+            assert str(ids) in message
+
+
+def test_a_build_removes_what_a_killed_build_left_half_written(tmp_path, encoder, checkpoint):
+    out = tmp_path / "kb"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that ran and is gone
+    orphans = [
+        out / f".meta.sqlite.{dead.pid}.0a1b2c3d.tmp",
+        out / f".meta.sqlite.{dead.pid}.0a1b2c3d.tmp-journal",
+    ]
+    orphans.append(out / f".vectors.f16.npy.{dead.pid}.deadbeef.tmp")
+    alive = out / f".meta.sqlite.{os.getpid()}.0a1b2c3d.tmp"  # a build still running
+    other = out / ".notes.tmp"
+    for path in (*orphans, alive, other):
+        path.write_text("x")
+    build(write_jsonl(tmp_path / "corpus.jsonl", make_records(20)), out, checkpoint, encoder)
+    assert sorted(p.name for p in out.glob(".*")) == sorted([alive.name, other.name])

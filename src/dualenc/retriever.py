@@ -24,6 +24,7 @@ from dualenc.core.config import RetrievalConfig, RunConfig
 from dualenc.core.device import resolve_device
 from dualenc.core.encode import encode_texts
 from dualenc.core.fusion import Fusion, check_mode, gather, order
+from dualenc.core.index.compressed import RerankedIndex
 from dualenc.core.index.store import (
     MANIFEST_FILE,
     META_FILE,
@@ -301,7 +302,7 @@ class Retriever:
         with self._vectors_lock:
             if self._vector_source is None:
                 source = self.index
-                if not isinstance(source, faiss.IndexIDMap2 | faiss.IndexFlat):
+                if not isinstance(source, faiss.IndexIDMap2 | faiss.IndexFlat | RerankedIndex):
                     ivf = faiss.extract_index_ivf(source)
                     ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
                 self._vector_source = source

@@ -54,6 +54,20 @@ def index():
     help="Up to this many vectors the index is exact; above it IVF, tuned to the recall target.",
 )
 @click.option(
+    "--compress-threshold",
+    type=click.IntRange(min=1),
+    default=INDEX_OPTIONS.compress_threshold.default,
+    show_default=True,
+    help="Above this many vectors the index is IVF-PQ (a few dozen bytes a vector in memory), its "
+    "shortlist re-ranked from fp16 vectors on disk, tuned to the recall target.",
+)
+@click.option(
+    "--pq-bytes",
+    type=click.IntRange(min=1),
+    help="Bytes of a vector's PQ code in a compressed index; it must divide the dimension "
+    "[default: one per 8 dimensions].",
+)
+@click.option(
     "--recall-target",
     type=click.FloatRange(0.0, 1.0, min_open=True),
     default=INDEX_OPTIONS.recall_target.default,
@@ -87,6 +101,8 @@ def build(
     update: bool,
     overwrite: bool,
     exact_threshold: int,
+    compress_threshold: int,
+    pq_bytes: int | None,
     recall_target: float,
     tune_queries: Path | None,
     no_lexical: bool,
@@ -104,6 +120,8 @@ def build(
 
     options = IndexOptions(
         exact_threshold=exact_threshold,
+        compress_threshold=compress_threshold,
+        pq_bytes=pq_bytes,
         recall_target=recall_target,
         tune_queries=None if tune_queries is None else str(tune_queries),
         lexical=not no_lexical,
@@ -132,8 +150,11 @@ def build(
     fresh = report.encoded - report.resumed
     rate = fresh / report.encode_seconds if report.encode_seconds else 0.0
     resumed = f" ({report.resumed} by an interrupted build)" if report.resumed else ""
+    sizes = index_info["bytes_per_vector"]
+    on_disk = f", {sizes['on_disk']:g} on disk" if sizes["on_disk"] else ""
     click.echo(
-        f"{report.output_dir}: {report.count} records ({index_info['type']}{params}; {recall_text}); "
+        f"{report.output_dir}: {report.count} records ({index_info['type']}{params}; {recall_text}; "
+        f"{sizes['in_memory']:g} bytes a vector in memory{on_disk}); "
         f"{report.encoded} encoded{resumed}, {report.unchanged} unchanged, {report.removed} removed "
         f"in {report.seconds:.1f} s ({rate:.0f} codes/s encoding)"
     )

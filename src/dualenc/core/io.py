@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -65,6 +66,32 @@ def hidden_sibling(path: Path, tag: str = "tmp") -> Path:
     """A unique hidden name beside ``path``: where its next version is written."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{tag}")
+
+
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{8}\.tmp(-journal)?$")
+
+
+def remove_orphaned_siblings(directory: Path) -> list[Path]:
+    """Remove the ``hidden_sibling`` files in ``directory`` that a process killed while
+    writing left behind (its pid no longer runs on this machine); returns them."""
+    removed = []
+    for path in Path(directory).glob(".*.tmp*"):
+        match = _SIBLING.match(path.name)
+        if match is None or _running(int(match["pid"])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

@@ -23,11 +23,12 @@ row); both carry the build's generation, as meta.sqlite does.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ VOCAB_FILE = "lexical_vocab.json"
 LEXICAL_FORMAT = 1
 REBUILD = "rebuild the index (dualenc index build --update rebuilds the lexical part from the records)"
 BM25_K1 = 1.2
+# documents tokenised per step of a build
+POSTINGS_CHUNK = 8192
 BM25_B = 0.75
 IDF = "log(1 + (N - n + 0.5) / (n + 0.5))"
 TOKENIZER = (
@@ -94,45 +97,73 @@ class LexicalIndex:
     @classmethod
     def build(
         cls,
-        codes: Sequence[str],
+        codes: Iterable[str],
         ids: Sequence[int] | np.ndarray | None = None,
         k1: float = BM25_K1,
         b: float = BM25_B,
     ) -> LexicalIndex:
-        """The index of ``codes``; ``ids`` (default 0, 1, ...) must ascend, one per code."""
+        """The index of ``codes``; ``ids`` (default 0, 1, ...) must ascend, one per code.
+
+        ``codes`` is read once, a chunk at a time: what is kept of a chunk is its postings
+        (word row, document, count) as arrays, so memory grows with the index alone."""
         from scipy import sparse
 
-        ids = np.arange(len(codes), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        if len(ids) != len(codes):
-            raise DualencError(f"{len(ids)} ids for {len(codes)} codes; give one per code")
+        row_of: dict[str, int] = {}
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        lengths: list[np.ndarray] = []
+        count = 0
+        for chunk in _batched(codes, POSTINGS_CHUNK):
+            rows: list[int] = []
+            chunk_lengths = np.empty(len(chunk), dtype=np.int64)
+            for column, code in enumerate(chunk):
+                words = code_words(code)
+                chunk_lengths[column] = len(words)
+                rows.extend(row_of.setdefault(word, len(row_of)) for word in words)
+            columns = np.repeat(np.arange(len(chunk), dtype=np.int64), chunk_lengths)
+            # a word's every occurrence in a document, counted once per (word, document)
+            keys, counts = np.unique(
+                np.asarray(rows, dtype=np.int64) * len(chunk) + columns, return_counts=True
+            )
+            parts.append(
+                ((keys // len(chunk)).astype(np.int32), (keys % len(chunk) + count).astype(np.int32), counts)
+            )
+            lengths.append(chunk_lengths)
+            count += len(chunk)
+        ids = np.arange(count, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        if len(ids) != count:
+            raise DualencError(f"{len(ids)} ids for {count} codes; give one per code")
         if len(ids) > 1 and not np.all(np.diff(ids) > 0):
             raise DualencError("lexical index ids must ascend")
-        row_of: dict[str, int] = {}
-        rows: list[int] = []
-        lengths = np.zeros(len(codes), dtype=np.int64)
-        for column, code in enumerate(codes):
-            words = code_words(code)
-            lengths[column] = len(words)
-            rows.extend(row_of.setdefault(word, len(row_of)) for word in words)
         # words in sorted order: the same documents give the same matrix whatever order they came in
         words = sorted(row_of)
-        sorted_row = np.empty(len(words), dtype=np.int64)
-        sorted_row[[row_of[word] for word in words]] = np.arange(len(words))
-        rows_array = sorted_row[np.asarray(rows, dtype=np.int64)] if rows else np.zeros(0, dtype=np.int64)
-        columns = np.repeat(np.arange(len(codes), dtype=np.int64), lengths)
-        # duplicates (a word's every occurrence in a document) are summed: term frequencies
-        tf = sparse.coo_matrix(
-            (np.ones(len(rows_array)), (rows_array, columns)), shape=(len(words), len(codes))
-        ).tocsr()
-        tf.sum_duplicates()
+        sorted_row = np.empty(len(words), dtype=np.int32)
+        sorted_row[[row_of[word] for word in words]] = np.arange(len(words), dtype=np.int32)
+        del row_of
+        word_rows = sorted_row[np.concatenate([p[0] for p in parts])] if parts else np.zeros(0, np.int32)
+        doc_columns = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+        tf_counts = np.concatenate([p[2] for p in parts]).astype(np.float64) if parts else np.zeros(0)
+        del parts
+        tf = sparse.coo_matrix((tf_counts, (word_rows, doc_columns)), shape=(len(words), count)).tocsr()
+        del word_rows, doc_columns, tf_counts
         tf.sort_indices()
-        num_documents = len(codes)
-        average = float(lengths.mean()) if num_documents and lengths.sum() else 1.0
+        lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        average = float(lengths_all.mean()) if count and lengths_all.sum() else 1.0
         with_word = np.diff(tf.indptr)
-        idf = np.log1p((num_documents - with_word + 0.5) / (with_word + 0.5))
+        idf = np.log1p((count - with_word + 0.5) / (with_word + 0.5))
         counts = tf.data
-        norm = k1 * (1.0 - b + b * lengths[tf.indices] / average)
-        data = np.repeat(idf, with_word) * counts * (k1 + 1.0) / (counts + norm)
+        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)), in place: two arrays
+        # the size of the postings at a time, not one per operation
+        norm = np.take(lengths_all.astype(np.float64), tf.indices)
+        norm *= b
+        norm /= average
+        norm += 1.0 - b
+        norm *= k1
+        norm += counts
+        data = np.repeat(idf, with_word)
+        data *= counts
+        data *= k1 + 1.0
+        data /= norm
+        del norm
         weights = sparse.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape)
         return cls(weights, ids, words, k1, b)
 
@@ -327,3 +358,9 @@ def top_columns(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarra
         candidates = candidates[scores[candidates] >= kth]
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order[:k]]
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

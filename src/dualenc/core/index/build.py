@@ -2,18 +2,20 @@
 
 Records are read a chunk at a time into the metadata store, which says which are new or
 changed; those are encoded in pieces (``shards``: across the ranks of a torchrun build, each
-piece kept in a work folder so that a killed build resumes), then added to an exact
-``IndexIDMap2`` store a piece at a time. An IVF index is trained from that store once all
-vectors are in (``tune.index_to_serve``), so a large build holds the vectors twice for a
-moment. An update re-encodes only new and changed records, and works on copies: an
-interrupted build leaves the index as it was.
+piece kept in a work folder so that a killed build resumes). Up to ``compress_threshold``
+vectors the pieces are added to an exact ``IndexIDMap2`` store, from which an IVF index is
+trained above ``exact_threshold`` (``tune.index_to_serve``; the vectors are held twice for a
+moment). Above ``compress_threshold`` they are streamed a block at a time into an fp16 file
+and an IVF-PQ index trained on a bounded sample of it (``compressed``): memory then holds the
+compressed index, not the vectors. An update re-encodes only new and changed records, and
+works on copies: an interrupted build leaves the index as it was.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from dualenc.core import distributed
 from dualenc.core.checkpoint import checkpoint_hash, load_encoder
 from dualenc.core.device import resolve_device
 from dualenc.core.encode import encoding_alone
+from dualenc.core.index.compressed import BLOCK_ROWS, RerankedIndex, VectorStore, write_store
 from dualenc.core.index.corpus import CodeRecord, chunks, iter_corpus
 from dualenc.core.index.options import IndexOptions
 from dualenc.core.index.shards import Plan, PlanSender, WorkFolder, encode_pieces, plan_pieces, share_plan
@@ -41,7 +44,7 @@ from dualenc.core.index.store import (
     read_manifest,
     staged_meta,
 )
-from dualenc.core.index.tune import index_to_serve, tune_fusion
+from dualenc.core.index.tune import compressed_to_serve, index_to_serve, tune_fusion
 from dualenc.errors import DualencError
 
 
@@ -127,21 +130,21 @@ def _build(
     encoder_hash = checkpoint_hash(encoder_checkpoint)
     records = iter_corpus(corpus)
     previous = _previous_manifest(output_dir, update, overwrite)
+    previous_index = None
     if previous is not None:
         check_encoder(output_dir, previous, encoder_checkpoint, encoder_hash)
         previous_index, meta = open_index(output_dir, previous)
         meta.close()
-        store = _exact_store(previous_index)
     if encoder is None:
         encoder = _load_encoder(encoder_checkpoint, catalog)
-    if previous is None:
-        store = faiss.IndexIDMap2(faiss.IndexFlatIP(encoder.dim))
-    else:
-        check_dim(output_dir, store, encoder.dim)
+    if previous_index is not None:
+        check_dim(output_dir, previous_index, encoder.dim)
 
     # folders this build creates, deepest first: a failed build removes them again
     created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
     work = WorkFolder(output_dir)
+    generation = uuid.uuid4().hex
+    staged_store = None
     try:
         with staged_meta(output_dir, copy_existing=previous is not None) as meta_file:
             with MetaStore(meta_file) as meta_store:
@@ -149,6 +152,7 @@ def _build(
                 records_read = _claim_records(records, meta_store, options.chunk_size)
                 if records_read == 0:
                     raise DualencError(f"{corpus}: no code records")
+                removed = meta_store.drop_unseen()
                 plan = plan_pieces(
                     meta_store,
                     first_id,
@@ -160,25 +164,32 @@ def _build(
                 )
                 sender.send(plan)
                 encode_seconds = _encode(plan, encoder, meta_store, work, options, progress)
-                for piece in range(plan.pieces):
-                    ids = plan.ids(piece)
-                    store.add_with_ids(
-                        work.read(plan.digests[piece]), np.arange(ids.start, ids.stop, dtype=np.int64)
-                    )
-                removed = meta_store.drop_unseen()
-                if meta_store.stale_ids:
-                    store.remove_ids(np.asarray(meta_store.stale_ids, dtype=np.int64))
+                count = meta_store.count()
                 with encoding_alone():  # the other ranks are done: tuning queries are ours to encode
-                    index, index_info, recall = index_to_serve(store, options, encoder)
+                    if count > options.compress_threshold:
+                        blocks = _vector_blocks(previous_index, meta_store.stale_ids, plan, work)
+                        staged_store = write_store(output_dir, count, encoder.dim, blocks)
+                        index, index_info, recall = compressed_to_serve(
+                            VectorStore(*staged_store, keep_mapped=False), options, encoder
+                        )
+                        vectors_of = index
+                    else:
+                        store = _exact_store(previous_index, encoder.dim)
+                        for ids, vectors in _vector_blocks(None, [], plan, work):
+                            store.add_with_ids(vectors, ids)
+                        if meta_store.stale_ids:
+                            store.remove_ids(np.asarray(meta_store.stale_ids, dtype=np.int64))
+                        index, index_info, recall = index_to_serve(store, options, encoder)
+                        vectors_of = store
+                    del previous_index  # its vectors are in the new index now
                     lexical = fusion = None
                     if options.lexical:
                         lexical_started = time.perf_counter()
                         lexical = meta_store.lexical_index(options.bm25_k1, options.bm25_b)
                         lexical_seconds = time.perf_counter() - lexical_started
                         fusion = tune_fusion(
-                            index, store, lexical, encoder, options, meta_store.ids_of_hash()
+                            index, vectors_of, lexical, encoder, options, meta_store.ids_of_hashes
                         )
-                generation = uuid.uuid4().hex
                 meta_store.finish(generation)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             manifest = {
@@ -196,14 +207,17 @@ def _build(
                 "count": int(index.ntotal),
                 "index": index_info,
                 "exact_threshold": options.exact_threshold,
+                "compress_threshold": options.compress_threshold,
                 "recall": recall,
             }
             if lexical is not None:
                 manifest["lexical"] = {**lexical.manifest_entry(), "build_seconds": round(lexical_seconds, 3)}
                 manifest["fusion"] = fusion
-            install(output_dir, index, meta_file, manifest, lexical)
+            install(output_dir, index, meta_file, manifest, lexical, staged_store)
         work.remove()
     except BaseException:
+        for path in staged_store or ():
+            path.unlink(missing_ok=True)
         work.remove_if_empty()
         for folder in created:
             try:
@@ -242,20 +256,64 @@ def _previous_manifest(output_dir: Path, update: bool, overwrite: bool) -> dict 
     return read_manifest(output_dir) if update else None
 
 
-def _exact_store(index: faiss.Index) -> faiss.IndexIDMap2:
-    """The exact, updatable form of a loaded index: itself, or an IVF index's vectors."""
-    if isinstance(index, faiss.IndexIDMap2):
-        return index
-    ivf = faiss.extract_index_ivf(index)
-    store = faiss.IndexIDMap2(faiss.IndexFlatIP(ivf.d))
+def _exact_store(previous_index, dim: int) -> faiss.IndexIDMap2:
+    """The exact, updatable form of the index an update starts from (None: an empty one):
+    itself, or the vectors of an IVF or compressed index."""
+    if previous_index is None:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if isinstance(previous_index, faiss.IndexIDMap2):
+        return previous_index
+    store = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for ids, vectors in _previous_blocks(previous_index):
+        store.add_with_ids(vectors, ids)
+    return store
+
+
+def _previous_blocks(previous_index) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of a loaded index, in ascending id order, a block at a time."""
+    if isinstance(previous_index, RerankedIndex):
+        yield from previous_index.store.blocks()
+        return
+    if isinstance(previous_index, faiss.IndexIDMap2):
+        flat = faiss.downcast_index(previous_index.index)
+        count, dim = previous_index.ntotal, previous_index.d
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim)
+        ids = faiss.vector_to_array(previous_index.id_map)
+        order = np.argsort(ids, kind="stable")
+        for start in range(0, count, BLOCK_ROWS):
+            rows = order[start : start + BLOCK_ROWS]
+            yield ids[rows], vectors[rows]
+        return
+    ivf = faiss.extract_index_ivf(previous_index)
     lists = ivf.invlists
+    parts = []
     for list_number in range(ivf.nlist):
         size = lists.list_size(list_number)
         if size:
             ids = faiss.rev_swig_ptr(lists.get_ids(list_number), size)
             codes = faiss.rev_swig_ptr(lists.get_codes(list_number), size * lists.code_size)
-            store.add_with_ids(codes.view(np.float32).reshape(size, ivf.d), ids)
-    return store
+            parts.append((ids.copy(), codes.view(np.float32).reshape(size, ivf.d).copy()))
+    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, ivf.d), dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    for start in range(0, len(ids), BLOCK_ROWS):
+        rows = order[start : start + BLOCK_ROWS]
+        yield ids[rows], vectors[rows]
+
+
+def _vector_blocks(
+    previous_index, stale_ids: list[int], plan: Plan, work: WorkFolder
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of every vector the new index holds, ids ascending: those of the
+    previous index but ``stale_ids`` (changed and removed records), then the new pieces."""
+    if previous_index is not None:
+        stale = np.asarray(stale_ids, dtype=np.int64)
+        for ids, vectors in _previous_blocks(previous_index):
+            kept = ~np.isin(ids, stale)
+            yield ids[kept], vectors[kept]
+    for piece in range(plan.pieces):
+        ids = plan.ids(piece)
+        yield np.arange(ids.start, ids.stop, dtype=np.int64), work.read(plan.digests[piece])
 
 
 def _claim_records(records: Iterable[CodeRecord], meta_store: MetaStore, chunk_size: int) -> int:

@@ -12,6 +12,11 @@ from dualenc.validators import at_least, at_most, greater_than
 class IndexOptions:
     # up to this many vectors the index is exact; above it IVF with tuned nprobe
     exact_threshold: int = attrs.field(default=50_000, validator=at_least(1))
+    # above this many vectors IVF-PQ (pq_bytes a vector in memory) finds a shortlist that is
+    # re-ranked from fp16 vectors on disk; at 1M vectors of 384 dimensions IVF-flat holds 1.5 GB
+    compress_threshold: int = attrs.field(default=500_000, validator=at_least(1))
+    # bytes of a vector's PQ code (it must divide the dimension); None: one per 8 dimensions
+    pq_bytes: int | None = attrs.field(default=None, validator=attrs.validators.optional(at_least(1)))
     # recall@10 an approximate index must reach against exact search
     recall_target: float = attrs.field(default=0.95, validator=[greater_than(0.0), at_most(1.0)])
     # queries used when measuring recall

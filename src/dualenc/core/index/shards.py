@@ -28,7 +28,7 @@ import torch.distributed as dist
 from dualenc.core import distributed
 from dualenc.core.encode import encode_texts, encoder_device, encoding_alone
 from dualenc.core.index.store import MetaStore
-from dualenc.core.io import hidden_sibling
+from dualenc.core.io import hidden_sibling, remove_orphaned_siblings
 
 WORK_SUFFIX = ".work"
 
@@ -63,6 +63,7 @@ class WorkFolder:
     def __init__(self, output_dir: Path):
         output_dir = Path(output_dir).resolve()
         self.path = output_dir.with_name(f".{output_dir.name}{WORK_SUFFIX}")
+        self._cleaned = False
 
     def _file(self, digest: str) -> Path:
         return self.path / f"{digest}.npy"
@@ -77,7 +78,11 @@ class WorkFolder:
         return vectors.shape == (rows, dim) and vectors.dtype == np.float32
 
     def write(self, digest: str, vectors: np.ndarray) -> None:
-        self.path.mkdir(exist_ok=True)
+        if not self.path.is_dir():
+            self.path.mkdir()
+        elif not self._cleaned:  # a killed build's half-written piece
+            remove_orphaned_siblings(self.path)
+        self._cleaned = True
         file = self._file(digest)
         staged = hidden_sibling(file)
         try:

@@ -5,7 +5,10 @@ An index directory holds these files:
 
 - ``index.faiss``: the code vectors. Exact inner product (``IndexIDMap2`` over
   ``IndexFlatIP``) up to ``exact_threshold`` vectors; above it ``IndexIVFFlat`` with
-  ``nprobe`` raised until recall@10 against exact search reaches the target.
+  ``nprobe`` raised until recall@10 against exact search reaches the target; above
+  ``compress_threshold`` ``IndexIVFPQ``, whose shortlist is re-ranked from
+  ``vectors-GENERATION.f16.npy`` and ``vector_ids-GENERATION.npy`` (fp16 vectors in id order,
+  and their ids; ``dualenc.core.index.compressed``).
 - ``meta.sqlite``: one row per vector, keyed by its faiss id: the record's key (its corpus
   ``id``, else ``path::symbol``), a hash of its code, path, symbol, line and code.
 - ``lexical.npz`` and ``lexical_vocab.json``: BM25 weights of every record's code words, by
@@ -32,8 +35,16 @@ import faiss
 import numpy as np
 
 from dualenc.core.fusion import DEFAULT_METHOD, Fusion
+from dualenc.core.index.compressed import RerankedIndex, VectorStore, install_store, remove_stale_stores
 from dualenc.core.index.corpus import CodeRecord
-from dualenc.core.io import atomic_write_json, fsync_dir, fsync_file, hidden_sibling, read_json
+from dualenc.core.io import (
+    atomic_write_json,
+    fsync_dir,
+    fsync_file,
+    hidden_sibling,
+    read_json,
+    remove_orphaned_siblings,
+)
 from dualenc.core.lexical import LEXICAL_FILE, VOCAB_FILE, LexicalIndex
 from dualenc.errors import DualencError
 
@@ -127,6 +138,8 @@ def open_index(index_dir: Path, manifest: dict) -> tuple[faiss.Index, sqlite3.Co
     """index.faiss and meta.sqlite (read-only: builds change a copy of it), checked to be
     the build ``manifest`` describes."""
     index = _read_faiss(index_dir / INDEX_FILE)
+    if manifest["index"].get("type") == "ivfpq":
+        index = _reranked(index_dir, manifest, index)
     meta = _open_meta(index_dir / META_FILE)
     try:
         _check_consistent(index_dir, manifest, index, meta)
@@ -134,6 +147,30 @@ def open_index(index_dir: Path, manifest: dict) -> tuple[faiss.Index, sqlite3.Co
         meta.close()
         raise
     return index, meta
+
+
+def _reranked(index_dir: Path, manifest: dict, ivfpq: faiss.Index) -> RerankedIndex:
+    """A compressed index with its re-rank vectors, as its manifest names them."""
+    where = index_dir / MANIFEST_FILE
+    entry, params = manifest["index"].get("rerank"), manifest["index"].get("params")
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in ("vectors", "ids")):
+        raise DualencError(
+            f"{where}: index.rerank must name its 'vectors' and 'ids' files; rebuild the index"
+        )
+    factor = params.get("rerank_factor") if isinstance(params, dict) else None
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise DualencError(f"{where}: index.params.rerank_factor must be an integer >= 1; rebuild the index")
+    store = VectorStore(index_dir / entry["vectors"], index_dir / entry["ids"])
+    if store.count != ivfpq.ntotal or store.dim != ivfpq.d:
+        raise DualencError(
+            f"{store.vectors_path}: holds {store.count} vectors of {store.dim} dimensions, but "
+            f"{index_dir / INDEX_FILE} has {ivfpq.ntotal} of {ivfpq.d}; rebuild the index"
+        )
+    index = RerankedIndex(ivfpq, store, factor)
+    nprobe = params.get("nprobe")
+    if isinstance(nprobe, int) and not isinstance(nprobe, bool) and nprobe >= 1:
+        index.nprobe = nprobe
+    return index
 
 
 def _read_faiss(path: Path) -> faiss.Index:
@@ -206,8 +243,10 @@ def check_dim(index_dir: Path, index: faiss.Index, encoder_dim: int) -> None:
 @contextmanager
 def staged_meta(output_dir: Path, copy_existing: bool) -> Iterator[Path]:
     """Where a build writes its meta.sqlite: a copy of the index's (``copy_existing``) or a
-    new file, beside it. Removed when the build fails, so that the index stays as it was."""
+    new file, beside it. Removed when the build fails, so that the index stays as it was;
+    what a killed build left half-written there is removed first."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_siblings(output_dir)
     staged = hidden_sibling(output_dir / META_FILE)
     if copy_existing:
         shutil.copyfile(output_dir / META_FILE, staged)
@@ -276,6 +315,9 @@ class MetaStore:
         query = f"SELECT {name} FROM records WHERE id >= ? AND id < ? ORDER BY id"
         return [row[0] for row in self.db.execute(query, (ids.start, ids.stop))]
 
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+
     def drop_unseen(self) -> int:
         """Remove the records the corpus no longer has; returns how many."""
         unseen = "FROM records WHERE key NOT IN (SELECT key FROM seen)"
@@ -286,13 +328,19 @@ class MetaStore:
 
     def lexical_index(self, k1: float, b: float) -> LexicalIndex:
         """The BM25 index of every record's code, as the records stand now, by faiss id."""
-        rows = self.db.execute("SELECT id, code FROM records ORDER BY id").fetchall()
-        return LexicalIndex.build([code for _, code in rows], [i for i, _ in rows], k1=k1, b=b)
+        ids = np.fromiter((row[0] for row in self.db.execute("SELECT id FROM records ORDER BY id")), np.int64)
+        codes = (row[0] for row in self.db.execute("SELECT code FROM records ORDER BY id"))
+        return LexicalIndex.build(codes, ids, k1=k1, b=b)
 
-    def ids_of_hash(self) -> dict[str, list[int]]:
-        """content hash -> the faiss ids of the records with that code."""
+    def ids_of_hashes(self, hashes: list[str]) -> dict[str, list[int]]:
+        """Each of ``hashes`` that some records' code has -> their faiss ids (one scan of
+        the records against a temporary table: no dict of the whole corpus)."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (content_hash TEXT PRIMARY KEY)")
+        self.db.execute("DELETE FROM wanted")
+        self.db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", [(h,) for h in hashes])
         found: dict[str, list[int]] = {}
-        for record_id, content_hash in self.db.execute("SELECT id, content_hash FROM records"):
+        query = "SELECT id, content_hash FROM records WHERE content_hash IN (SELECT content_hash FROM wanted)"
+        for record_id, content_hash in self.db.execute(query):
             found.setdefault(content_hash, []).append(record_id)
         return found
 
@@ -308,17 +356,27 @@ class MetaStore:
 
 
 def install(
-    output_dir: Path, index: faiss.Index, meta_file: Path, manifest: dict, lexical: LexicalIndex | None = None
+    output_dir: Path,
+    index,
+    meta_file: Path,
+    manifest: dict,
+    lexical: LexicalIndex | None = None,
+    staged_store: tuple[Path, Path] | None = None,
 ) -> None:
     """Move a build's files into place: ``meta_file`` (its staged meta.sqlite), then
-    ``index``, then the ``lexical`` part, then ``manifest``. meta.sqlite goes first and the
-    manifest last: in between their generations differ, so a reader sees an interrupted
-    build as one. A build without a lexical part removes an earlier build's."""
+    ``index``, then the ``lexical`` part and a compressed index's re-rank vectors
+    (``staged_store``, named for the generation), then ``manifest``, to which the bytes per
+    vector are added. meta.sqlite goes first and the manifest last: in between their
+    generations differ, so a reader sees an interrupted build as one. Files of an earlier
+    build that this one has not (a lexical part, re-rank vectors) are removed."""
     staged_index = hidden_sibling(output_dir / INDEX_FILE)
     staged_lexical = [hidden_sibling(output_dir / name) for name in (LEXICAL_FILE, VOCAB_FILE)]
     try:
-        faiss.write_index(index, str(staged_index))
+        faiss.write_index(index.ivfpq if isinstance(index, RerankedIndex) else index, str(staged_index))
         fsync_file(staged_index)
+        manifest["index"]["bytes_per_vector"] = _bytes_per_vector(
+            staged_index, staged_store, manifest["count"]
+        )
         if lexical is not None:
             lexical.write(*staged_lexical, manifest["generation"])
         os.replace(meta_file, output_dir / META_FILE)
@@ -326,6 +384,11 @@ def install(
         if lexical is not None:
             for staged, name in zip(staged_lexical, (LEXICAL_FILE, VOCAB_FILE), strict=True):
                 os.replace(staged, output_dir / name)
+        if staged_store is not None:
+            manifest["index"]["rerank"] = {
+                **install_store(output_dir, staged_store, manifest["generation"]),
+                "dtype": "float16",
+            }
     finally:
         for staged in (staged_index, *staged_lexical):
             staged.unlink(missing_ok=True)
@@ -333,4 +396,18 @@ def install(
     if lexical is None:
         for name in (LEXICAL_FILE, VOCAB_FILE):
             (output_dir / name).unlink(missing_ok=True)
+    remove_stale_stores(output_dir, manifest["index"].get("rerank", {}).values())
     fsync_dir(output_dir)
+
+
+def _bytes_per_vector(index_file: Path, staged_store: tuple[Path, Path] | None, count: int) -> dict:
+    """What a vector costs: in memory when served (the faiss index, and a compressed index's
+    id list), and on disk for re-ranking (its fp16 copy, read through a memory map)."""
+    in_memory = index_file.stat().st_size
+    on_disk = 0
+    if staged_store is not None:
+        vectors_file, ids_file = staged_store
+        in_memory += ids_file.stat().st_size
+        on_disk = vectors_file.stat().st_size
+    per = max(count, 1)
+    return {"in_memory": round(in_memory / per, 1), "on_disk": round(on_disk / per, 1)}

@@ -14,6 +14,15 @@ import numpy as np
 
 from dualenc.core.encode import encode_texts
 from dualenc.core.fusion import METHODS, WEIGHT_GRID, Fusion, gather
+from dualenc.core.index.compressed import (
+    RERANK_FACTORS,
+    TRAIN_SAMPLE,
+    RerankedIndex,
+    VectorStore,
+    exact_top,
+    pq_bytes,
+    train_ivfpq,
+)
 from dualenc.core.index.corpus import CodeRecord, read_queries, read_query_pairs
 from dualenc.core.index.options import IndexOptions
 
@@ -43,15 +52,74 @@ def index_to_serve(
     nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
     ivf = _train_ivf(ids, vectors, nlist, rng)
     del vectors  # the IVF index holds its own copy
-    query_ids, queries, tuned_on, source = _recall_queries(store, options, encoder, rng)
-    nprobe, recall = _tune_nprobe(ivf, store, query_ids, queries, options.recall_target)
+    query_ids, queries, tuned_on, source = _recall_queries(count, _code_sample(store), options, encoder, rng)
+    k = min(RECALL_K, count - 1)
+    exact = store.search(queries, k + 1)  # one more: a corpus query's own vector is dropped
+    nprobe, recall = _tune_nprobe(ivf, exact, query_ids, queries, options.recall_target, k)
     info = {
         "type": "ivf",
         "faiss": f"IVF{nlist},Flat",
         "metric": "inner_product",
         "params": {"nlist": nlist, "nprobe": nprobe},
     }
-    recall_info = {
+    return ivf, info, _recall_info(recall, options, query_ids, tuned_on, source)
+
+
+def compressed_to_serve(
+    store: VectorStore, options: IndexOptions, encoder
+) -> tuple[RerankedIndex, dict, dict]:
+    """IVF-PQ re-ranked from the fp16 ``store``, with the ``nprobe`` and shortlist of the
+    least estimated work whose recall@10 against exact search over the store reaches the
+    target; its type, parameters and recall."""
+    count = store.count
+    rng = np.random.default_rng(options.seed)
+    # ~2 sqrt(N) lists: k-means trains on a bounded sample, which must give each its points
+    nlist = max(1, min(int(2 * math.sqrt(count)), count // 39, TRAIN_SAMPLE // 39))
+    code_bytes = pq_bytes(store.dim, options.pq_bytes)
+    index = RerankedIndex(train_ivfpq(store, nlist, code_bytes, rng), store, RERANK_FACTORS[0])
+
+    def sample(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return store.ids[rows], store.rows(rows)
+
+    query_ids, queries, tuned_on, source = _recall_queries(count, sample, options, encoder, rng)
+    k = min(RECALL_K, count - 1)
+    exact = exact_top(store, queries, k + 1)
+    tried = []
+    best_work = math.inf
+    # the largest shortlist first: it needs the fewest lists, and bounds the others' search
+    for factor in sorted(RERANK_FACTORS, reverse=True):
+        index.rerank_factor = factor
+        rerank_work = 4 * factor * RECALL_K * store.dim * 2
+        probe_work = count / nlist * code_bytes
+        # bytes touched per query: the PQ codes of the lists probed, the shortlist's fp16 rows
+        # (a random read each, weighed 4x); a setting that cannot beat the best is not searched
+        limit = nlist if math.isinf(best_work) else int((best_work - rerank_work) / probe_work)
+        if limit < 1:
+            continue
+        nprobe, recall = _tune_nprobe(index, exact, query_ids, queries, options.recall_target, k, limit)
+        if recall < options.recall_target and limit < nlist:
+            continue
+        work = nprobe * probe_work + rerank_work
+        if recall >= options.recall_target:
+            best_work = min(best_work, work)
+        tried.append((recall < options.recall_target, work, -recall, factor, nprobe, recall))
+    _, _, _, factor, nprobe, recall = min(tried)
+    tuning = [{"rerank_factor": f, "nprobe": n, "recall": round(r, 4)} for *_, f, n, r in tried]
+    index.rerank_factor, index.nprobe = factor, nprobe
+    info = {
+        "type": "ivfpq",
+        "faiss": f"IVF{nlist},PQ{code_bytes}",
+        "metric": "inner_product",
+        "params": {"nlist": nlist, "nprobe": nprobe, "pq_bytes": code_bytes, "rerank_factor": factor},
+        "tuning": tuning,  # the smallest nprobe reaching the target at each shortlist size
+    }
+    return index, info, _recall_info(recall, options, query_ids, tuned_on, source)
+
+
+def _recall_info(
+    recall: float, options: IndexOptions, query_ids: np.ndarray, tuned_on: str, source: str
+) -> dict:
+    return {
         "k": RECALL_K,
         "value": round(recall, 4),
         "target": options.recall_target,
@@ -59,7 +127,6 @@ def index_to_serve(
         "tuned_on": tuned_on,
         "query_source": source,
     }
-    return ivf, info, recall_info
 
 
 def _store_vectors(store: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +134,14 @@ def _store_vectors(store: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
     flat = faiss.downcast_index(store.index)
     vectors = faiss.rev_swig_ptr(flat.get_xb(), store.ntotal * store.d).reshape(store.ntotal, store.d)
     return faiss.vector_to_array(store.id_map), vectors
+
+
+def _code_sample(store: faiss.IndexIDMap2):
+    def sample(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = _store_vectors(store)
+        return ids[rows], vectors[rows]
+
+    return sample
 
 
 def _train_ivf(ids: np.ndarray, vectors: np.ndarray, nlist: int, rng: np.random.Generator) -> faiss.Index:
@@ -84,9 +159,10 @@ def _train_ivf(ids: np.ndarray, vectors: np.ndarray, nlist: int, rng: np.random.
 
 
 def _recall_queries(
-    store: faiss.IndexIDMap2, options: IndexOptions, encoder, rng: np.random.Generator
+    count: int, code_sample, options: IndexOptions, encoder, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
-    """Query ids (-1: not in the corpus), query vectors, their kind and where they came from."""
+    """Query ids (-1: not in the corpus), query vectors, their kind and where they came from;
+    ``code_sample(rows)``: the ids and vectors of rows of the ``count`` corpus vectors."""
     if options.tune_queries is not None:
         queries = read_queries(Path(options.tune_queries))
         if len(queries) > options.recall_queries:
@@ -95,26 +171,32 @@ def _recall_queries(
         vectors = encode_texts(encoder, queries, "query", options.batch_size)
         source = f"{len(queries)} natural-language queries from {options.tune_queries}, encoded as queries"
         return np.full(len(queries), -1, dtype=np.int64), vectors, "queries", source
-    ids, vectors = _store_vectors(store)
-    rows = np.sort(rng.choice(len(ids), size=min(options.recall_queries, len(ids)), replace=False))
-    return ids[rows], vectors[rows], "code vectors", RECALL_QUERY_SOURCE
+    rows = np.sort(rng.choice(count, size=min(options.recall_queries, count), replace=False))
+    ids, vectors = code_sample(rows)
+    return ids, np.ascontiguousarray(vectors), "code vectors", RECALL_QUERY_SOURCE
 
 
 def _tune_nprobe(
-    ivf: faiss.Index, store: faiss.IndexIDMap2, query_ids: np.ndarray, queries: np.ndarray, target: float
+    index,
+    exact: tuple[np.ndarray, np.ndarray],
+    query_ids: np.ndarray,
+    queries: np.ndarray,
+    target: float,
+    k: int,
+    limit: int | None = None,
 ) -> tuple[int, float]:
-    """The smallest nprobe whose recall@k against exact search reaches ``target``."""
-    k = min(RECALL_K, store.ntotal - 1)
-    exact = store.search(queries, k + 1)  # one more: a corpus query's own vector is dropped
+    """The smallest nprobe of ``index`` (at most ``limit``, default every list) whose
+    recall@k against the ``exact`` top k + 1 reaches ``target``; else ``limit`` and its recall."""
+    limit = index.nlist if limit is None else min(limit, index.nlist)
 
     def recall_at(nprobe: int) -> float:
-        ivf.nprobe = nprobe
-        return _recall(query_ids, exact, ivf.search(queries, k + 1), k)
+        index.nprobe = nprobe
+        return _recall(query_ids, exact, index.search(queries, k + 1), k)
 
-    # double until the target is met (nprobe = nlist scans everything: exact), then bisect
+    # double until the target is met (nprobe = nlist scans everything), then bisect
     low, high = 0, 1
-    while high < ivf.nlist and recall_at(high) < target:
-        low, high = high, min(2 * high, ivf.nlist)
+    while high < limit and recall_at(high) < target:
+        low, high = high, min(2 * high, limit)
     while high - low > 1:
         middle = (low + high) // 2
         if recall_at(middle) >= target:
@@ -141,16 +223,17 @@ def _recall(
 
 
 def tune_fusion(
-    index: faiss.Index,
-    store: faiss.IndexIDMap2,
+    index,
+    store,
     lexical,
     encoder,
     options: IndexOptions,
-    ids_of_hash: dict[str, list[int]],
+    ids_of_hashes,
 ) -> dict:
     """The fusion hybrid search uses, for the manifest: the setting (interpolation weights
     0, 0.1, ..., 1, and RRF) of the best MRR on the tuning pairs whose code is a record of the
-    index (``ids_of_hash``: content hash -> faiss ids), else the default and why.
+    index (``ids_of_hashes(hashes)``: each content hash -> its faiss ids), else the default
+    and why. ``store``: anything whose ``reconstruct_batch`` gives vectors by faiss id.
 
     Each pair's query is searched as hybrid search does (``index`` for the dense top list,
     exact scores from ``store``); its reciprocal rank is that of its code among the fused
@@ -166,9 +249,11 @@ def tune_fusion(
             "chosen_on": f"default: {path} has queries but no 'code' field to tune the fusion on",
         }
     # a query of several pairs has each of their codes for gold, as in evaluation
+    hashes = [CodeRecord(code=code).content_hash() for _, code in pairs]
+    ids_of_hash = ids_of_hashes(hashes)
     golds: dict[str, list[int]] = {}
-    for query, code in pairs:
-        golds.setdefault(query, []).extend(ids_of_hash.get(CodeRecord(code=code).content_hash(), []))
+    for (query, _), content_hash in zip(pairs, hashes, strict=True):
+        golds.setdefault(query, []).extend(ids_of_hash.get(content_hash, []))
     kept = [(query, gold) for query, gold in golds.items() if gold]
     if not kept:
         return {

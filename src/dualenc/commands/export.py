@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dualenc.cli_options import current_catalog
+from dualenc.cli_options import current_catalog, new_folder_option
 from dualenc.export import FORMATS, export_checkpoint
 
 if TYPE_CHECKING:
@@ -29,13 +29,7 @@ if TYPE_CHECKING:
     help="sentence-transformers: a folder SentenceTransformer(folder) loads; onnx: ONNX graphs "
     "and tokenizer.json for ONNX Runtime.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder to create; it must not exist or be empty.",
-)
+@new_folder_option
 def export(checkpoint: Path, export_format: str, out_dir: Path):
     """Write the encoder of CHECKPOINT, with a model card (README.md), as a folder that
     sentence-transformers or ONNX Runtime loads."""

@@ -6,19 +6,13 @@ from pathlib import Path
 
 import click
 
-from dualenc.cli_options import current_catalog
+from dualenc.cli_options import current_catalog, new_folder_option
 from dualenc.core.merge import merge_checkpoint
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder to create; it must not exist or be empty.",
-)
+@new_folder_option
 @click.option(
     "--weight",
     default=0.5,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -434,6 +435,9 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
             raise DualencError(f"{json_path}: missing key {key!r}; the checkpoint is damaged")
         if not isinstance(record[key], kind) or isinstance(record[key], bool):
             raise DualencError(f"{json_path}: {key!r} has the wrong type ({type(record[key]).__name__})")
+    train_seconds = record.get("train_seconds", 0.0)
+    if not math.isfinite(train_seconds) or train_seconds < 0:
+        raise DualencError(f"{json_path}: 'train_seconds' must be a finite number >= 0, got {train_seconds}")
     tensors_path = directory / TRAINER_TENSORS
     tensors = read_tensors(tensors_path)
     try:
@@ -455,7 +459,7 @@ def load_trainer_state(directory: Path, loss_module: torch.nn.Module | None) -> 
             cuda_rng=[tensors[f"rng.cuda.{i}"] for i in range(record["cuda_devices"])],
             best_metric_name=record.get("best_metric_name"),
             evals_without_improvement=record.get("evals_without_improvement", 0),
-            train_seconds=float(record.get("train_seconds", 0.0)),
+            train_seconds=float(train_seconds),
         )
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise DualencError(

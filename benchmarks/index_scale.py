@@ -221,25 +221,18 @@ _CLI_WITH_PEAK = (
 
 def peak_rss_of(arguments: list[str]) -> tuple[float, float, str]:
     """(peak RSS MB, seconds, stdout) of ``dualenc ARGUMENTS`` run to its end."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", _CLI_WITH_PEAK, *arguments], env=child_env(), capture_output=True, text=True
-    )
-    if done.returncode:
-        raise RuntimeError(
-            f"dualenc {' '.join(arguments[:3])}... exited {done.returncode}: {done.stderr[-2000:]}"
-        )
+    seconds, done = run_to_end([sys.executable, "-c", _CLI_WITH_PEAK, *arguments])
     peak_kb = int(re.search(r"VmHWM_kB (\d+)", done.stderr).group(1))
-    return peak_kb / 1024, time.perf_counter() - started, done.stdout
+    return peak_kb / 1024, seconds, done.stdout
 
 
-def run_seconds(command: list[str]) -> tuple[float, str]:
-    """(seconds, stdout) of ``command`` run to its end."""
+def run_to_end(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """(seconds, the finished process) of ``command``; a failure stops the benchmark."""
     started = time.perf_counter()
     done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command[:6])}... exited {done.returncode}: {done.stderr[-2000:]}")
-    return time.perf_counter() - started, done.stdout
+    return time.perf_counter() - started, done
 
 
 def measure_memory(checkpoint: Path, size: int, lexical: bool) -> dict:
@@ -284,8 +277,8 @@ def measure_scaling(checkpoint: Path, codes: int, processes: int) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     command += ["-m", "dualenc", "index", "build", "--encoder-checkpoint", str(checkpoint)]
     command += ["--code-corpus", str(corpus), "--output-dir", str(out), "--no-lexical", "--chunk-size", "128"]
-    seconds, stdout = run_seconds(command)
-    rate = float(re.search(r"\(([0-9.]+) codes/s encoding\)", stdout).group(1))
+    seconds, done = run_to_end(command)
+    rate = float(re.search(r"\(([0-9.]+) codes/s encoding\)", done.stdout).group(1))
     shutil.rmtree(out, ignore_errors=True)
     return {"processes": processes, "codes": codes, "seconds": seconds, "codes_per_sec": rate}
 

@@ -9,6 +9,7 @@ renamed into place.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import re
@@ -18,9 +19,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dualenc.errors import DualencError
+
+T = TypeVar("T")
 
 # --- suggestions ----------------------------------------------------------------------
 
@@ -66,6 +69,13 @@ def hidden_sibling(path: Path, tag: str = "tmp") -> Path:
     """A unique hidden name beside ``path``: where its next version is written."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{tag}")
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), read lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{8}\.tmp(-journal)?$")

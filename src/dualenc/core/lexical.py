@@ -23,17 +23,17 @@ row); both carry the build's generation, as meta.sqlite does.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dualenc.core.io import chunks
 from dualenc.errors import DualencError
 
 LEXICAL_FILE = "lexical.npz"
@@ -112,7 +112,7 @@ class LexicalIndex:
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         lengths: list[np.ndarray] = []
         count = 0
-        for chunk in _batched(codes, POSTINGS_CHUNK):
+        for chunk in chunks(codes, POSTINGS_CHUNK):
             rows: list[int] = []
             chunk_lengths = np.empty(len(chunk), dtype=np.int64)
             for column, code in enumerate(chunk):
@@ -358,9 +358,3 @@ def top_columns(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarra
         candidates = candidates[scores[candidates] >= kth]
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order[:k]]
-
-
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk

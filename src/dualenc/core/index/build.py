@@ -30,7 +30,7 @@ from dualenc.core.checkpoint import checkpoint_hash, load_encoder
 from dualenc.core.device import resolve_device
 from dualenc.core.encode import encoding_alone
 from dualenc.core.index.compressed import BLOCK_ROWS, RerankedIndex, VectorStore, write_store
-from dualenc.core.index.corpus import CodeRecord, chunks, iter_corpus
+from dualenc.core.index.corpus import CodeRecord, iter_corpus
 from dualenc.core.index.options import IndexOptions
 from dualenc.core.index.shards import Plan, PlanSender, WorkFolder, encode_pieces, plan_pieces, share_plan
 from dualenc.core.index.store import (
@@ -45,6 +45,7 @@ from dualenc.core.index.store import (
     staged_meta,
 )
 from dualenc.core.index.tune import compressed_to_serve, index_to_serve, tune_fusion
+from dualenc.core.io import chunks
 from dualenc.errors import DualencError
 
 

@@ -4,9 +4,8 @@ functions of Python sources, read a chunk at a time; and files of natural-langua
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -76,12 +75,6 @@ def _code_record(data: dict, where: str) -> CodeRecord:
         line=line_number,
         id=None if record_id is None else str(record_id),
     )
-
-
-def chunks(records: Iterable[CodeRecord], size: int) -> Iterator[list[CodeRecord]]:
-    iterator = iter(records)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 def read_queries(path: Path) -> list[str]:

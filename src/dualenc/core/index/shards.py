@@ -63,7 +63,8 @@ class WorkFolder:
     def __init__(self, output_dir: Path):
         output_dir = Path(output_dir).resolve()
         self.path = output_dir.with_name(f".{output_dir.name}{WORK_SUFFIX}")
-        self._cleaned = False
+        if self.path.is_dir():  # a killed build's half-written piece goes; its whole ones stay
+            remove_orphaned_siblings(self.path)
 
     def _file(self, digest: str) -> Path:
         return self.path / f"{digest}.npy"
@@ -78,11 +79,7 @@ class WorkFolder:
         return vectors.shape == (rows, dim) and vectors.dtype == np.float32
 
     def write(self, digest: str, vectors: np.ndarray) -> None:
-        if not self.path.is_dir():
-            self.path.mkdir()
-        elif not self._cleaned:  # a killed build's half-written piece
-            remove_orphaned_siblings(self.path)
-        self._cleaned = True
+        self.path.mkdir(exist_ok=True)
         file = self._file(digest)
         staged = hidden_sibling(file)
         try:

@@ -18,11 +18,13 @@ from fakes import TinyEncoder, write_distribution, write_jsonl, write_pairs
 from fakes import build_index as build
 
 from dualenc import Fusion, LexicalIndex, Retriever, code_words
+from dualenc.core import lexical as lexical_module
 from dualenc.core.checkpoint import save_encoder
 from dualenc.core.config import DataConfig
 from dualenc.core.data.evalsets import load_eval_set
 from dualenc.core.encode import encode_texts
 from dualenc.core.fusion import candidates
+from dualenc.core.lexical import BM25_B, BM25_K1
 from dualenc.errors import DualencError
 from dualenc.plugins.evaluators.metrics import paired_bootstrap, rank_pool, rank_scores
 from dualenc.plugins.evaluators.mrr import MRREvaluator, MRROptions
@@ -90,6 +92,30 @@ def test_lexical_scores_equal_a_brute_force_bm25(k1, b):
     np.testing.assert_array_equal(index.columns(ids[[4, 0, 7]]), [4, 0, 7])
     with pytest.raises(DualencError, match=r"no entry for ids \[6\]"):
         index.columns(np.array([6]))
+
+
+def test_lexical_index_built_in_chunks_equals_one_chunk_to_the_last_bit(monkeypatch, tmp_path):
+    """A build spills each chunk's postings to an unnamed file and fills the CSR arrays from
+    it: chunks of 7 documents (words first seen in later chunks, rows spanning chunks) must
+    give the very arrays of one chunk, canonical CSR, the brute-force scores, and leave
+    nothing in the spill folder."""
+    documents = random_documents(61, seed=4) + ["", "def lonely_word_only_here(): pass"]
+    ids = np.arange(len(documents)) * 2 + 1
+    whole = LexicalIndex.build(documents, ids)
+    monkeypatch.setattr(lexical_module, "POSTINGS_CHUNK", 7)
+    read = []
+    chunked = LexicalIndex.build((read.append(d) or d for d in documents), ids, spill_dir=tmp_path)
+    assert read == documents  # the iterable is read once
+    assert list(tmp_path.iterdir()) == []
+    assert chunked.words == whole.words and chunked.row_of == whole.row_of
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(chunked.weights, name), getattr(whole.weights, name)), name
+    chunked.weights.check_format(full_check=True)
+    assert chunked.weights.has_canonical_format
+    query = "read the json file with HTTPServer lonely"
+    np.testing.assert_allclose(
+        chunked.score_row(query), brute_force_bm25(documents, query, BM25_K1, BM25_B), rtol=0, atol=1e-9
+    )
 
 
 def test_lexical_index_does_not_depend_on_document_order():

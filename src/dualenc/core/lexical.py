@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -79,11 +80,20 @@ class LexicalIndex:
     ``ids``: each column's id, ascending (int64); ``words``: each row's word.
     """
 
-    def __init__(self, weights, ids: np.ndarray, words: list[str], k1: float, b: float):
+    def __init__(
+        self,
+        weights,
+        ids: np.ndarray,
+        words: list[str],
+        k1: float,
+        b: float,
+        row_of: dict[str, int] | None = None,
+    ):
         self.weights = weights  # scipy.sparse.csr_matrix [len(words), len(ids)], float64
         self.ids = ids
         self.words = words
-        self.row_of = {word: row for row, word in enumerate(words)}
+        # each word's row; a build hands over the dict it made rather than a second one
+        self.row_of = {word: row for row, word in enumerate(words)} if row_of is None else row_of
         self.k1, self.b = k1, b
         # the CSR arrays as plain numpy, int64 offsets: a query reads slices of them
         self._indptr = weights.indptr.astype(np.int64, copy=False)
@@ -101,71 +111,73 @@ class LexicalIndex:
         ids: Sequence[int] | np.ndarray | None = None,
         k1: float = BM25_K1,
         b: float = BM25_B,
+        spill_dir: str | os.PathLike | None = None,
     ) -> LexicalIndex:
         """The index of ``codes``; ``ids`` (default 0, 1, ...) must ascend, one per code.
 
-        ``codes`` is read once, a chunk at a time: what is kept of a chunk is its postings
-        (word row, document, count) as arrays, so memory grows with the index alone."""
+        Two passes, so that memory holds the finished index and one chunk, never a second copy
+        of the postings. The first reads ``codes`` once, a chunk at a time, and appends each
+        chunk's postings (word, document, count) to an unnamed temporary file in ``spill_dir``
+        (the system's temporary folder by default; gone when closed, or when the process dies).
+        Once every word's document count is known, each word's place in the CSR arrays is too:
+        the second pass reads the chunks back in document order and writes their weights
+        straight into those places."""
         from scipy import sparse
 
         row_of: dict[str, int] = {}
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        documents_with = np.zeros(1024, dtype=np.int64)  # by first-seen row, grown by doubling
         lengths: list[np.ndarray] = []
+        chunk_postings: list[int] = []
         count = 0
-        for chunk in chunks(codes, POSTINGS_CHUNK):
-            rows: list[int] = []
-            chunk_lengths = np.empty(len(chunk), dtype=np.int64)
-            for column, code in enumerate(chunk):
-                words = code_words(code)
-                chunk_lengths[column] = len(words)
-                rows.extend(row_of.setdefault(word, len(row_of)) for word in words)
-            columns = np.repeat(np.arange(len(chunk), dtype=np.int64), chunk_lengths)
-            # a word's every occurrence in a document, counted once per (word, document)
-            keys, counts = np.unique(
-                np.asarray(rows, dtype=np.int64) * len(chunk) + columns, return_counts=True
-            )
-            parts.append(
-                ((keys // len(chunk)).astype(np.int32), (keys % len(chunk) + count).astype(np.int32), counts)
-            )
-            lengths.append(chunk_lengths)
-            count += len(chunk)
-        ids = np.arange(count, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        if len(ids) != count:
-            raise DualencError(f"{len(ids)} ids for {count} codes; give one per code")
-        if len(ids) > 1 and not np.all(np.diff(ids) > 0):
-            raise DualencError("lexical index ids must ascend")
-        # words in sorted order: the same documents give the same matrix whatever order they came in
-        words = sorted(row_of)
-        sorted_row = np.empty(len(words), dtype=np.int32)
-        sorted_row[[row_of[word] for word in words]] = np.arange(len(words), dtype=np.int32)
-        del row_of
-        word_rows = sorted_row[np.concatenate([p[0] for p in parts])] if parts else np.zeros(0, np.int32)
-        doc_columns = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
-        tf_counts = np.concatenate([p[2] for p in parts]).astype(np.float64) if parts else np.zeros(0)
-        del parts
-        tf = sparse.coo_matrix((tf_counts, (word_rows, doc_columns)), shape=(len(words), count)).tocsr()
-        del word_rows, doc_columns, tf_counts
-        tf.sort_indices()
-        lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-        average = float(lengths_all.mean()) if count and lengths_all.sum() else 1.0
-        with_word = np.diff(tf.indptr)
-        idf = np.log1p((count - with_word + 0.5) / (with_word + 0.5))
-        counts = tf.data
-        # idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)), in place: two arrays
-        # the size of the postings at a time, not one per operation
-        norm = np.take(lengths_all.astype(np.float64), tf.indices)
-        norm *= b
-        norm /= average
-        norm += 1.0 - b
-        norm *= k1
-        norm += counts
-        data = np.repeat(idf, with_word)
-        data *= counts
-        data *= k1 + 1.0
-        data /= norm
-        del norm
-        weights = sparse.csr_matrix((data, tf.indices, tf.indptr), shape=tf.shape)
-        return cls(weights, ids, words, k1, b)
+        with tempfile.TemporaryFile(dir=spill_dir) as spill:
+            for chunk in chunks(codes, POSTINGS_CHUNK):
+                rows, columns, counts = _chunk_postings(chunk, row_of, lengths)
+                if len(row_of) > len(documents_with):
+                    documents_with = np.concatenate(
+                        [documents_with, np.zeros(max(len(row_of), 2 * len(documents_with)), np.int64)]
+                    )
+                documents_with[: len(row_of)] += np.bincount(rows, minlength=len(row_of))
+                for array in (rows, columns + count, counts):
+                    array.astype(np.int32, copy=False).tofile(spill)
+                chunk_postings.append(len(rows))
+                count += len(chunk)
+            ids = np.arange(count, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+            if len(ids) != count:
+                raise DualencError(f"{len(ids)} ids for {count} codes; give one per code")
+            if len(ids) > 1 and not np.all(np.diff(ids) > 0):
+                raise DualencError("lexical index ids must ascend")
+            # words in sorted order: the same documents give the same matrix whatever order they came in
+            words = sorted(row_of)
+            sorted_row = np.empty(len(words), dtype=np.int32)  # first-seen row -> sorted row
+            for row, word in enumerate(words):
+                sorted_row[row_of[word]] = row
+                row_of[word] = row
+            with_word = np.zeros(len(words), dtype=np.int64)
+            with_word[sorted_row] = documents_with[: len(words)]
+            del documents_with
+            indptr = np.zeros(len(words) + 1, dtype=np.int64)
+            np.cumsum(with_word, out=indptr[1:])
+            idf = np.log1p((count - with_word + 0.5) / (with_word + 0.5))
+            lengths_all = np.concatenate(lengths).astype(np.float64) if lengths else np.zeros(0)
+            average = float(lengths_all.mean()) if count and lengths_all.sum() else 1.0
+            indices = np.empty(int(indptr[-1]), dtype=np.int32)
+            data = np.empty(int(indptr[-1]), dtype=np.float64)
+            filled = indptr[:-1].copy()  # where each word's next posting goes
+            spill.seek(0)
+            for size in chunk_postings:
+                rows, columns, counts = (np.fromfile(spill, dtype=np.int32, count=size) for _ in range(3))
+                rows = sorted_row[rows]
+                # by word, and within a word by document (a stable sort keeps the chunk's order)
+                order = np.argsort(rows, kind="stable")
+                rows, columns, tf = rows[order], columns[order], counts[order].astype(np.float64)
+                firsts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+                runs = np.diff(np.append(firsts, len(rows)))
+                places = filled[rows] + (np.arange(len(rows)) - np.repeat(firsts, runs))
+                filled[rows[firsts]] += runs
+                indices[places] = columns
+                data[places] = _bm25_weights(idf[rows], tf, lengths_all[columns], average, k1, b)
+        weights = sparse.csr_matrix((data, indices, indptr), shape=(len(words), count))
+        return cls(weights, ids, words, k1, b, row_of)
 
     def query_words(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, counts): the rows of the known words of ``query``, ascending, and how often
@@ -229,9 +241,9 @@ class LexicalIndex:
                 format=np.array(LEXICAL_FORMAT, dtype=np.int64),
                 generation=np.array(generation),
                 ids=self.ids,
-                indptr=self.weights.indptr.astype(np.int64),
-                indices=self.weights.indices.astype(np.int32),
-                weights=self.weights.data.astype(np.float64),
+                indptr=self.weights.indptr.astype(np.int64, copy=False),
+                indices=self.weights.indices.astype(np.int32, copy=False),
+                weights=self.weights.data.astype(np.float64, copy=False),
                 params=np.array([self.k1, self.b], dtype=np.float64),
             )
             out.flush()
@@ -279,6 +291,42 @@ class LexicalIndex:
             raise DualencError(f"{npz_path}: weights are not finite; rebuild the index")
         k1, b = (float(value) for value in arrays["params"])
         return cls(weights, ids, words["words"], k1, b)
+
+
+def _chunk_postings(
+    chunk: Sequence[str], row_of: dict[str, int], lengths: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, counts): each word of ``chunk`` once per document that says it, with how
+    often it does; rows are first-seen numbers in ``row_of`` (new words are added), columns the
+    documents' places in the chunk. Appends the documents' word counts to ``lengths``."""
+    rows: list[int] = []
+    chunk_lengths = np.empty(len(chunk), dtype=np.int64)
+    for column, code in enumerate(chunk):
+        words = code_words(code)
+        chunk_lengths[column] = len(words)
+        rows.extend(row_of.setdefault(word, len(row_of)) for word in words)
+    lengths.append(chunk_lengths)
+    columns = np.repeat(np.arange(len(chunk), dtype=np.int64), chunk_lengths)
+    keys, counts = np.unique(np.asarray(rows, dtype=np.int64) * len(chunk) + columns, return_counts=True)
+    return keys // len(chunk), keys % len(chunk), counts
+
+
+def _bm25_weights(
+    idf: np.ndarray, tf: np.ndarray, lengths: np.ndarray, average: float, k1: float, b: float
+) -> np.ndarray:
+    """idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * |d| / avgdl)), in place in two arrays
+    (``lengths`` and ``idf`` are overwritten), in a fixed order of operations: the weights are
+    the same to the last bit however the postings are split."""
+    norm = lengths
+    norm *= b
+    norm /= average
+    norm += 1.0 - b
+    norm *= k1
+    norm += tf
+    idf *= tf
+    idf *= k1 + 1.0
+    idf /= norm
+    return idf
 
 
 _NPZ_ARRAYS = {

@@ -186,7 +186,7 @@ def _build(
                     lexical = fusion = None
                     if options.lexical:
                         lexical_started = time.perf_counter()
-                        lexical = meta_store.lexical_index(options.bm25_k1, options.bm25_b)
+                        lexical = meta_store.lexical_index(options.bm25_k1, options.bm25_b, output_dir)
                         lexical_seconds = time.perf_counter() - lexical_started
                         fusion = tune_fusion(
                             index, vectors_of, lexical, encoder, options, meta_store.ids_of_hashes

@@ -326,11 +326,12 @@ class MetaStore:
         self.stale_ids.extend(gone)
         return len(gone)
 
-    def lexical_index(self, k1: float, b: float) -> LexicalIndex:
-        """The BM25 index of every record's code, as the records stand now, by faiss id."""
+    def lexical_index(self, k1: float, b: float, spill_dir: Path) -> LexicalIndex:
+        """The BM25 index of every record's code, as the records stand now, by faiss id (its
+        build spills postings to an unnamed file in ``spill_dir``)."""
         ids = np.fromiter((row[0] for row in self.db.execute("SELECT id FROM records ORDER BY id")), np.int64)
         codes = (row[0] for row in self.db.execute("SELECT code FROM records ORDER BY id"))
-        return LexicalIndex.build(codes, ids, k1=k1, b=b)
+        return LexicalIndex.build(codes, ids, k1=k1, b=b, spill_dir=spill_dir)
 
     def ids_of_hashes(self, hashes: list[str]) -> dict[str, list[int]]:
         """Each of ``hashes`` that some records' code has -> their faiss ids (one scan of

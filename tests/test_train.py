@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from fakes import logged_losses, tiny_config, write_distribution, write_pairs
+from safetensors.torch import load_file
 
 from dualenc.core import checkpoint
 from dualenc.core.configio import dump_yaml, load_config, unstructure
@@ -499,3 +500,39 @@ def test_max_train_seconds_must_be_positive(tmp_path, value):
     config_file.write_text(f"train:\n  max_train_seconds: {value}\n")
     with pytest.raises(DualencError, match=rf"train\.max_train_seconds: must be > 0 \(got {float(value)}\)"):
         load_config(config_file)
+
+
+@pytest.mark.parametrize("grad_cache_chunk", [None, 4])
+def test_sparse_embedding_gradients_train_as_dense_ones(tmp_path, pair_files, monkeypatch, grad_cache_chunk):
+    """A token table of SPARSE_EMBEDDING_ROWS rows or more trains with sparse gradients
+    (densified before the update): the same losses and weights as dense ones, to rounding."""
+    from dualenc.core import step as step_module
+
+    def config(name):
+        tiny = tiny_config(tmp_path / name, pair_files, grad_cache_chunk=grad_cache_chunk)
+        return attrs.evolve(tiny, encoder=attrs.evolve(tiny.encoder, vocab_size=4096))
+
+    encoder = load_catalog().get("encoder", "transformer").create(config("probe").encoder)
+    assert step_module.sparse_embedding_gradients(encoder) == 1  # the tokens; not the 48 positions
+    assert encoder.token_embedding.sparse and not encoder.towers["shared"].positions.sparse
+
+    densified = []
+    real_densify = step_module.densify_gradients
+
+    def densify(params):
+        params = list(params)
+        densified.append(sum(p.grad is not None and p.grad.is_sparse for p in params))
+        real_densify(params)
+        assert not any(p.grad is not None and p.grad.is_sparse for p in params)
+
+    monkeypatch.setattr(step_module, "densify_gradients", densify)
+    sparse = train(config("sparse"))
+    assert densified and all(count == 1 for count in densified)
+    monkeypatch.setattr(step_module, "SPARSE_EMBEDDING_ROWS", 10**9)
+    dense = train(config("dense"))
+    assert logged_losses(sparse.run_dir) == pytest.approx(logged_losses(dense.run_dir), abs=1e-5)
+    expected = load_file(str(dense.last_checkpoint / "model.safetensors"))
+    got = load_file(str(sparse.last_checkpoint / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-4)

@@ -139,7 +139,7 @@ def pick_precision(
     ``cpuinfo``, /proc/cpuinfo's text) say it multiplies bf16 natively and ``probe(width)``
     measures bf16 at least BF16_MARGIN times faster than fp32. The probe decides because
     flags are not enough: with AVX512-BF16 and no AMX, bf16 training measured 0.72x fp32 on an
-    Intel Xeon and 2.09x on an AMD EPYC."""
+    Intel Xeon and 2.1-2.3x on an AMD EPYC."""
     if name != "auto":
         return name, "set in train.precision"
     if device.type == "cuda":

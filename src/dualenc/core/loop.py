@@ -35,7 +35,7 @@ from dualenc.core.data.records import read_training_texts
 from dualenc.core.data.sampler import BucketBatchSampler
 from dualenc.core.device import pick_precision
 from dualenc.core.optim import make_optimizer, make_scheduler
-from dualenc.core.step import TrainStep
+from dualenc.core.step import TrainStep, sparse_embedding_gradients
 from dualenc.errors import DualencError
 from dualenc.registry.catalog import Catalog, load_catalog
 from dualenc.registry.kinds import EvalSet
@@ -339,6 +339,7 @@ def _train(config: RunConfig, catalog: Catalog, device, resume_from, stop_after)
     # 3. optimiser and schedule, and the step to start from
     optimizer = make_optimizer(encoder, loss_fn, tc)
     scheduler = make_scheduler(optimizer, tc)
+    sparse_embedding_gradients(encoder)
     # checkpoints, evaluation and mining use the encoder itself; only the step runs compiled
     step_encoder = CompiledEncoder(encoder) if tc.compile else encoder
     train_step = TrainStep(

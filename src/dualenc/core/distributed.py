@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 import torch
@@ -44,8 +44,16 @@ def setup(device_name: str, timeout_s: int) -> torch.device:
     return resolve_device("auto" if cuda else device_name)
 
 
-def teardown() -> None:
+def teardown(together: bool = True) -> None:
+    """Leave the process group; ``together``: once every rank has come this far. A gloo rank
+    that destroys its group while another is still finishing its work was seen to abort
+    ("terminate called without an active exception", exit -6). After a failure no barrier:
+    the other ranks may be gone; a rank that failed later breaks the barrier, which says
+    nothing about this rank's own work, so that is not an error here."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            with suppress(RuntimeError):  # gloo's DistBackendError: a peer left first
+                dist.barrier()
         dist.destroy_process_group()
 
 
@@ -55,8 +63,10 @@ def session(device_name: str, timeout_s: int) -> Iterator[torch.device]:
     device = setup(device_name, timeout_s)
     try:
         yield device
-    finally:
-        teardown()
+    except BaseException:
+        teardown(together=False)
+        raise
+    teardown()
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:

@@ -131,7 +131,8 @@ class LexicalIndex:
         count = 0
         with tempfile.TemporaryFile(dir=spill_dir) as spill:
             for chunk in chunks(codes, POSTINGS_CHUNK):
-                rows, columns, counts = _chunk_postings(chunk, row_of, lengths)
+                rows, columns, counts, chunk_lengths = _chunk_postings(chunk, row_of)
+                lengths.append(chunk_lengths)
                 if len(row_of) > len(documents_with):
                     documents_with = np.concatenate(
                         [documents_with, np.zeros(max(len(row_of), 2 * len(documents_with)), np.int64)]
@@ -149,9 +150,10 @@ class LexicalIndex:
             # words in sorted order: the same documents give the same matrix whatever order they came in
             words = sorted(row_of)
             sorted_row = np.empty(len(words), dtype=np.int32)  # first-seen row -> sorted row
-            for row, word in enumerate(words):
-                sorted_row[row_of[word]] = row
-                row_of[word] = row
+            sorted_row[np.fromiter(map(row_of.__getitem__, words), np.int64, len(words))] = np.arange(
+                len(words), dtype=np.int32
+            )
+            row_of.update((word, row) for row, word in enumerate(words))  # renumbered in place
             with_word = np.zeros(len(words), dtype=np.int64)
             with_word[sorted_row] = documents_with[: len(words)]
             del documents_with
@@ -294,21 +296,20 @@ class LexicalIndex:
 
 
 def _chunk_postings(
-    chunk: Sequence[str], row_of: dict[str, int], lengths: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, columns, counts): each word of ``chunk`` once per document that says it, with how
-    often it does; rows are first-seen numbers in ``row_of`` (new words are added), columns the
-    documents' places in the chunk. Appends the documents' word counts to ``lengths``."""
+    chunk: Sequence[str], row_of: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, counts, lengths): each word of ``chunk`` once per document that says it,
+    with how often it does; rows are first-seen numbers in ``row_of`` (new words are added),
+    columns the documents' places in the chunk; lengths the documents' word counts."""
     rows: list[int] = []
     chunk_lengths = np.empty(len(chunk), dtype=np.int64)
     for column, code in enumerate(chunk):
         words = code_words(code)
         chunk_lengths[column] = len(words)
         rows.extend(row_of.setdefault(word, len(row_of)) for word in words)
-    lengths.append(chunk_lengths)
     columns = np.repeat(np.arange(len(chunk), dtype=np.int64), chunk_lengths)
     keys, counts = np.unique(np.asarray(rows, dtype=np.int64) * len(chunk) + columns, return_counts=True)
-    return keys // len(chunk), keys % len(chunk), counts
+    return keys // len(chunk), keys % len(chunk), counts, chunk_lengths
 
 
 def _bm25_weights(
